@@ -1,0 +1,185 @@
+//! Metric families, described once, with bounded label values only.
+//!
+//! # Contract
+//! * Every metric Sluice exports is registered in [`Metrics::new`] with its
+//!   help text; labels are fixed enums (transport, kind, result, reason), never
+//!   topics, user ids or paths.
+//! * Hot paths hold pre-resolved handles (a [`Metrics`] clone), so counting
+//!   costs an atomic add, not a registry lookup.
+//! * [`install`] puts the Prometheus recorder in place once per process and
+//!   returns the handle `/metrics` renders.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the Prometheus recorder (first call only) and return its handle.
+/// `None` when another recorder was installed by the embedding program.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!("sluice_connections", "Open connections by transport.");
+    describe_counter!("sluice_connections_total", "Accepted connections by transport.");
+    describe_counter!(
+        "sluice_connect_rejected_total",
+        "Refused socket connections by reason (token_missing, token_invalid, token_expired, token_from_future, bad_vsn, origin, limit, bad_request)."
+    );
+    describe_counter!("sluice_joins_total", "Channel joins by result (ok, unauthorized, unmatched, too_many, refused, crashed, invalid_topic).");
+    describe_gauge!("sluice_channels", "Joined channels on this node.");
+    describe_counter!("sluice_frames_in_total", "WebSocket messages received by transport and kind (text, binary).");
+    describe_counter!("sluice_bytes_in_total", Unit::Bytes, "Payload bytes received by transport and kind.");
+    describe_counter!("sluice_frames_out_total", "WebSocket frames sent by transport and kind (text, binary, control).");
+    describe_counter!("sluice_bytes_out_total", Unit::Bytes, "Bytes written to sockets by transport, headers included.");
+    describe_counter!("sluice_writev_total", "Vectored writes issued by socket writers (frames per write = frames_out / writev).");
+    describe_counter!("sluice_queue_dropped_total", "Outbound messages dropped by the slow-consumer policy `drop`.");
+    describe_counter!("sluice_slow_consumer_closes_total", "Sockets closed because their outbound queue was full or a write stalled.");
+    describe_counter!("sluice_idle_timeouts_total", "Sockets closed because nothing (not even a heartbeat) arrived within idle_timeout.");
+    describe_counter!("sluice_heartbeats_total", "Heartbeats answered.");
+    describe_counter!("sluice_bad_input_total", "Inbound messages refused, by reason.");
+    describe_counter!("sluice_disconnects_total", "Closed sockets by reason.");
+    describe_counter!("sluice_server_closes_total", "Sockets the server asked to close, by reason (drain).");
+    describe_counter!("sluice_stale_messages_total", "Messages dropped because their join_ref was stale.");
+    describe_counter!("sluice_unmatched_total", "Messages for topics the socket has not joined.");
+    describe_counter!("sluice_channel_crashes_total", "Channel callbacks that failed or panicked.");
+    describe_counter!("sluice_broadcasts_total", "Broadcasts by origin (channel, api).");
+    describe_counter!("sluice_deliveries_total", "Broadcast frames queued to subscribers.");
+    describe_histogram!("sluice_broadcast_fanout_seconds", Unit::Seconds, "Time to queue one broadcast to every local subscriber.");
+    describe_counter!("sluice_api_requests_total", "POST /api/broadcast requests by result.");
+}
+
+/// Pre-resolved handles for the hot paths.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub ws_connections: Gauge,
+    /// Accepted WebSocket connections.
+    pub ws_connections_total: Counter,
+    /// Text messages in.
+    pub frames_in_text: Counter,
+    /// Binary messages in.
+    pub frames_in_binary: Counter,
+    /// Text bytes in.
+    pub bytes_in_text: Counter,
+    /// Binary bytes in.
+    pub bytes_in_binary: Counter,
+    /// Text frames out.
+    pub frames_out_text: Counter,
+    /// Binary frames out.
+    pub frames_out_binary: Counter,
+    /// Control frames out (pong, close).
+    pub frames_out_control: Counter,
+    /// Bytes out.
+    pub bytes_out: Counter,
+    /// Vectored writes.
+    pub writev: Counter,
+    /// Dropped by policy.
+    pub queue_dropped: Counter,
+    /// Slow-consumer closes.
+    pub slow_consumer_closes: Counter,
+    /// Idle timeouts.
+    pub idle_timeouts: Counter,
+    /// Heartbeats answered.
+    pub heartbeats: Counter,
+    /// Joined channels.
+    pub channels: Gauge,
+    /// Stale join_ref drops.
+    pub stale: Counter,
+    /// Unmatched topics.
+    pub unmatched: Counter,
+    /// Channel crashes.
+    pub crashes: Counter,
+    /// Broadcast deliveries.
+    pub deliveries: Counter,
+    /// Broadcast fan-out time.
+    pub fanout_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Resolve the handles against the installed recorder (no-ops without one).
+    pub fn new() -> Metrics {
+        let t = ("transport", "websocket");
+        Metrics {
+            ws_connections: gauge!("sluice_connections", t.0 => t.1),
+            ws_connections_total: counter!("sluice_connections_total", t.0 => t.1),
+            frames_in_text: counter!("sluice_frames_in_total", t.0 => t.1, "kind" => "text"),
+            frames_in_binary: counter!("sluice_frames_in_total", t.0 => t.1, "kind" => "binary"),
+            bytes_in_text: counter!("sluice_bytes_in_total", t.0 => t.1, "kind" => "text"),
+            bytes_in_binary: counter!("sluice_bytes_in_total", t.0 => t.1, "kind" => "binary"),
+            frames_out_text: counter!("sluice_frames_out_total", t.0 => t.1, "kind" => "text"),
+            frames_out_binary: counter!("sluice_frames_out_total", t.0 => t.1, "kind" => "binary"),
+            frames_out_control: counter!("sluice_frames_out_total", t.0 => t.1, "kind" => "control"),
+            bytes_out: counter!("sluice_bytes_out_total", t.0 => t.1),
+            writev: counter!("sluice_writev_total", t.0 => t.1),
+            queue_dropped: counter!("sluice_queue_dropped_total"),
+            slow_consumer_closes: counter!("sluice_slow_consumer_closes_total"),
+            idle_timeouts: counter!("sluice_idle_timeouts_total"),
+            heartbeats: counter!("sluice_heartbeats_total"),
+            channels: gauge!("sluice_channels"),
+            stale: counter!("sluice_stale_messages_total"),
+            unmatched: counter!("sluice_unmatched_total"),
+            crashes: counter!("sluice_channel_crashes_total"),
+            deliveries: counter!("sluice_deliveries_total"),
+            fanout_seconds: histogram!("sluice_broadcast_fanout_seconds"),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Count a refused connection attempt.
+pub fn connect_rejected(reason: &'static str) {
+    counter!("sluice_connect_rejected_total", "reason" => reason).increment(1);
+}
+
+/// Count a join by result.
+pub fn join(result: &'static str) {
+    counter!("sluice_joins_total", "result" => result).increment(1);
+}
+
+/// Count refused inbound input by reason.
+pub fn bad_input(reason: &'static str) {
+    counter!("sluice_bad_input_total", "reason" => reason).increment(1);
+}
+
+/// Count a closed socket by reason.
+pub fn disconnect(reason: &'static str) {
+    counter!("sluice_disconnects_total", "reason" => reason).increment(1);
+}
+
+/// Count `n` sockets closed for one reason.
+pub fn disconnect_many(reason: &'static str, n: u64) {
+    counter!("sluice_server_closes_total", "reason" => reason).increment(n);
+}
+
+/// Count a broadcast by origin.
+pub fn broadcast(origin: &'static str) {
+    counter!("sluice_broadcasts_total", "origin" => origin).increment(1);
+}
+
+/// Count an API request by result.
+pub fn api_request(result: &'static str) {
+    counter!("sluice_api_requests_total", "result" => result).increment(1);
+}

@@ -1,0 +1,114 @@
+//! Accept loop, connection limit, hyper HTTP/1 with upgrades, graceful drain.
+//!
+//! # Contract
+//! * At most `max_connections` connections at once; the permit lives inside
+//!   the connection (and its socket tasks) and is released when they end. A
+//!   connection over the limit is closed at once and counted.
+//! * Shutdown, once `shutdown` resolves: stop accepting → readiness fails →
+//!   sockets are told to close with 1012 in batches of `drain_batch_size`
+//!   every `drain_batch_interval` → wait for every tracked task, at most
+//!   `drain_grace` → return. Nothing is spawned untracked.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::http::Routes;
+use crate::transport::outbox::close_code;
+
+/// Serve until `shutdown` resolves, then drain.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let tracker = TaskTracker::new();
+    let stop_http = CancellationToken::new();
+    let routes = Routes {
+        app: app.clone(),
+        prometheus: crate::metrics::install(),
+        tracker: tracker.clone(),
+    };
+    let limit = Arc::new(Semaphore::new(app.config.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            crate::metrics::connect_rejected("limit");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = Arc::new(permit);
+        let routes = routes.clone();
+        let stop = stop_http.clone();
+        tracker.spawn(async move {
+            let svc_permit = permit.clone();
+            let service = service_fn(move |req| {
+                let routes = routes.clone();
+                let permit = svc_permit.clone();
+                async move { Ok::<_, std::convert::Infallible>(routes.handle(req, Some(permit)).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "http connection error");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    drain(&app, &tracker, &stop_http).await;
+}
+
+async fn drain(app: &App, tracker: &TaskTracker, stop_http: &CancellationToken) {
+    let cfg = &app.config;
+    app.draining.store(true, Ordering::Release);
+    stop_http.cancel();
+    let sockets = app.live_sockets();
+    tracing::info!(sockets = sockets.len(), "draining: closing sockets with 1012");
+    for (i, batch) in sockets.chunks(cfg.drain_batch_size).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(cfg.drain_batch_interval).await;
+        }
+        for outbox in batch {
+            outbox.close(close_code::RESTART, "server restart");
+        }
+        crate::metrics::disconnect_many("drain", batch.len() as u64);
+    }
+    tracker.close();
+    if tokio::time::timeout(cfg.drain_grace, tracker.wait()).await.is_err() {
+        tracing::warn!(left = app.live_count(), "drain grace elapsed; exiting with sockets still open");
+    } else {
+        tracing::info!("drained");
+    }
+}

@@ -1,0 +1,14 @@
+//! Transports: how Phoenix messages reach sockets.
+//!
+//! * [`connect`]: who may connect (vsn, origin, token), pure.
+//! * [`websocket`]: upgrade and the reader task that runs a session.
+//! * [`writer`]: the writer task (vectored, corked writes).
+//! * [`outbox`]: a socket's bounded outbound lanes.
+//! * [`wire`], [`reassemble`]: pure WebSocket framing helpers.
+
+pub mod connect;
+pub mod outbox;
+pub mod reassemble;
+pub mod websocket;
+pub mod wire;
+pub mod writer;

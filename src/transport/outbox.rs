@@ -1,0 +1,427 @@
+//! One socket's outbound queue: two bounded lanes and a close request.
+//!
+//! # Contract
+//! * **Control lane**: replies, heartbeat replies, pongs, close echoes. Never
+//!   dropped. Bounded by `control_queue_bytes` through the reader: the session
+//!   calls [`Outbox::wait_control_room`] before it reads the next inbound
+//!   message, so a client that does not read its replies stops being read
+//!   (TCP backpressure), and memory stays bounded.
+//! * **Bulk lane**: pushes and broadcasts. Bounded by `outbound_queue_bytes`;
+//!   when a frame does not fit, the slow-consumer policy decides: `drop` the
+//!   frame (counted) or `disconnect` (close 1013, queue freed at once).
+//! * The writer always drains the control lane before the bulk lane, so
+//!   replies and heartbeats never wait behind bulk traffic queued earlier.
+//! * After [`Outbox::close`], nothing more is accepted; the writer sends what
+//!   is in the control lane, then the close frame, and stops.
+//! * The lock is a short `std::sync::Mutex` critical section, never held
+//!   across an `.await`.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::config::SlowConsumerPolicy;
+use crate::metrics::Metrics;
+use crate::protocol::Frame;
+
+/// Close codes Sluice sends.
+pub mod close_code {
+    /// Going away: idle timeout; clients reconnect.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error in the WebSocket framing.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Data the endpoint cannot accept (binary on a V1 socket).
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Message not decodable (malformed JSON, invalid UTF-8, bad binary header).
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Policy violation.
+    pub const POLICY: u16 = 1008;
+    /// Inbound message larger than `max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// Server restart / drain: reconnect (elsewhere).
+    pub const RESTART: u16 = 1012;
+    /// Try again later: slow consumer.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// One queued item.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A Phoenix message frame.
+    Frame(Frame),
+    /// A WebSocket pong answering a ping.
+    Pong(Bytes),
+    /// The echo of the client's close frame (raw close payload).
+    CloseEcho(Bytes),
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Frame(f) => f.len(),
+            Item::Pong(b) | Item::CloseEcho(b) => b.len(),
+        }
+    }
+}
+
+/// What happened to a bulk frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued for the writer.
+    Queued,
+    /// The queue was full and the policy is `drop`: this frame was dropped.
+    Dropped,
+    /// The queue was full and the policy is `disconnect`: the socket is closing.
+    Disconnected,
+    /// The socket is already closing or closed.
+    Closed,
+    /// The message could not be encoded for this socket (e.g. binary on V1).
+    Unencodable,
+}
+
+/// A close the writer must send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// The close code.
+    pub code: u16,
+    /// A short reason (at most 123 bytes on the wire).
+    pub reason: String,
+}
+
+/// What the writer takes in one wake-up.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Items in write order (control first).
+    pub items: Vec<Item>,
+    /// A close to send after the items, if requested.
+    pub close: Option<CloseRequest>,
+    /// The close was a client close echo already in `items`: stop after writing.
+    pub finished: bool,
+}
+
+/// Limits for one outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bulk lane bound in bytes.
+    pub bulk_bytes: usize,
+    /// Control lane bound in bytes (enforced through the reader).
+    pub control_bytes: usize,
+    /// Slow-consumer policy for the bulk lane.
+    pub policy: SlowConsumerPolicy,
+}
+
+#[derive(Default)]
+struct State {
+    control: VecDeque<Item>,
+    control_bytes: usize,
+    bulk: VecDeque<Frame>,
+    bulk_bytes: usize,
+    close: Option<CloseRequest>,
+    close_echo_queued: bool,
+    /// No more items are accepted.
+    closing: bool,
+}
+
+/// A socket's outbound queue, shared by its session, its writer and the pubsub.
+pub struct Outbox {
+    state: Mutex<State>,
+    writer: Notify,
+    room: Notify,
+    limits: Limits,
+    metrics: Metrics,
+}
+
+/// Most frames the writer takes per wake-up (each frame uses up to three iovecs;
+/// Linux allows 1024 per writev).
+pub const MAX_BATCH_FRAMES: usize = 256;
+/// Most bulk bytes the writer takes per wake-up, so control traffic queued
+/// meanwhile waits for at most one such batch.
+pub const MAX_BATCH_BULK_BYTES: usize = 512 * 1024;
+
+impl Outbox {
+    /// A new, empty outbox.
+    pub fn new(limits: Limits, metrics: Metrics) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            writer: Notify::new(),
+            room: Notify::new(),
+            limits,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-push; the
+        // queue itself is still consistent (every mutation is one statement).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue a control frame (a reply). Returns false if the socket is closing.
+    pub fn push_control(&self, frame: Frame) -> bool {
+        self.push_control_item(Item::Frame(frame))
+    }
+
+    /// Queue a WebSocket-level control item (pong, close echo).
+    pub fn push_control_item(&self, item: Item) -> bool {
+        {
+            let mut s = self.lock();
+            if s.closing {
+                return false;
+            }
+            if matches!(item, Item::CloseEcho(_)) {
+                s.closing = true;
+                s.close_echo_queued = true;
+                s.bulk.clear();
+                s.bulk_bytes = 0;
+            }
+            s.control_bytes += item.len();
+            s.control.push_back(item);
+        }
+        self.writer.notify_one();
+        true
+    }
+
+    /// Queue a bulk frame (push or broadcast), applying the slow-consumer policy.
+    pub fn push_bulk(&self, frame: Frame) -> PushOutcome {
+        let outcome = {
+            let mut s = self.lock();
+            if s.closing {
+                return PushOutcome::Closed;
+            }
+            // A frame larger than the whole lane is still accepted into an empty
+            // lane, so one oversized broadcast cannot wedge a socket forever.
+            if s.bulk_bytes > 0 && s.bulk_bytes + frame.len() > self.limits.bulk_bytes {
+                match self.limits.policy {
+                    SlowConsumerPolicy::Drop => PushOutcome::Dropped,
+                    SlowConsumerPolicy::Disconnect => {
+                        s.closing = true;
+                        s.bulk.clear();
+                        s.bulk_bytes = 0;
+                        s.close = Some(CloseRequest {
+                            code: close_code::TRY_AGAIN_LATER,
+                            reason: "slow consumer".into(),
+                        });
+                        PushOutcome::Disconnected
+                    }
+                }
+            } else {
+                s.bulk_bytes += frame.len();
+                s.bulk.push_back(frame);
+                PushOutcome::Queued
+            }
+        };
+        match outcome {
+            PushOutcome::Queued => self.writer.notify_one(),
+            PushOutcome::Dropped => self.metrics.queue_dropped.increment(1),
+            PushOutcome::Disconnected => {
+                self.metrics.slow_consumer_closes.increment(1);
+                crate::metrics::disconnect("slow_consumer");
+                self.writer.notify_one();
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Ask the writer to close the socket with `code` after the queued control
+    /// frames. Queued bulk frames are discarded. The first close request wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        {
+            let mut s = self.lock();
+            if s.closing {
+                return;
+            }
+            s.closing = true;
+            s.bulk.clear();
+            s.bulk_bytes = 0;
+            s.close = Some(CloseRequest {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+        self.writer.notify_one();
+        self.room.notify_waiters();
+    }
+
+    /// Whether a close was requested or echoed.
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Bytes currently queued in the bulk lane.
+    pub fn bulk_bytes(&self) -> usize {
+        self.lock().bulk_bytes
+    }
+
+    /// Take what the writer should write now (non-blocking).
+    pub fn take(&self) -> Batch {
+        let mut batch = Batch::default();
+        let mut s = self.lock();
+        let mut frames = 0;
+        while frames < MAX_BATCH_FRAMES {
+            let Some(item) = s.control.pop_front() else {
+                break;
+            };
+            s.control_bytes -= item.len();
+            batch.items.push(item);
+            frames += 1;
+        }
+        let mut bulk = 0;
+        while frames < MAX_BATCH_FRAMES && bulk < MAX_BATCH_BULK_BYTES {
+            let Some(frame) = s.bulk.pop_front() else {
+                break;
+            };
+            s.bulk_bytes -= frame.len();
+            bulk += frame.len();
+            batch.items.push(Item::Frame(frame));
+            frames += 1;
+        }
+        if s.control.is_empty() && s.bulk.is_empty() {
+            batch.close = s.close.take();
+            batch.finished = s.close_echo_queued;
+        }
+        drop(s);
+        self.room.notify_waiters();
+        batch
+    }
+
+    /// Wait until the writer wakes us (something was queued).
+    pub async fn writer_wait(&self) {
+        self.writer.notified().await;
+    }
+
+    /// Wait until the control lane is under its bound (or the socket closes).
+    /// Cancel-safe.
+    pub async fn wait_control_room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if s.closing || s.control_bytes < self.limits.control_bytes {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait until the bulk lane has at most `low_water` bytes queued (or the
+    /// socket closes): the pull point for streams that produce bulk frames.
+    /// Returns false if the socket is closing. Cancel-safe.
+    pub async fn wait_bulk_room(&self, low_water: usize) -> bool {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if s.closing {
+                    return false;
+                }
+                if s.bulk_bytes <= low_water {
+                    return true;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::protocol::Opcode;
+
+    fn frame(n: usize) -> Frame {
+        Frame {
+            opcode: Opcode::Binary,
+            head: Bytes::new(),
+            body: Bytes::from(vec![0u8; n]),
+        }
+    }
+
+    fn outbox(policy: SlowConsumerPolicy) -> Outbox {
+        Outbox::new(
+            Limits {
+                bulk_bytes: 100,
+                control_bytes: 64 * 1024,
+                policy,
+            },
+            Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn control_before_bulk() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        assert_eq!(o.push_bulk(frame(10)), PushOutcome::Queued);
+        assert!(o.push_control(frame(1)));
+        let b = o.take();
+        assert_eq!(b.items.len(), 2);
+        assert!(matches!(&b.items[0], Item::Frame(f) if f.len() == 1));
+    }
+
+    #[test]
+    fn drop_policy_bounds_memory() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        let mut queued = 0;
+        for _ in 0..100 {
+            if o.push_bulk(frame(30)) == PushOutcome::Queued {
+                queued += 1;
+            }
+        }
+        assert_eq!(queued, 3);
+        assert!(o.bulk_bytes() <= 100);
+        assert!(!o.is_closing());
+    }
+
+    #[test]
+    fn disconnect_policy_closes_with_1013() {
+        let o = outbox(SlowConsumerPolicy::Disconnect);
+        for _ in 0..3 {
+            assert_eq!(o.push_bulk(frame(30)), PushOutcome::Queued);
+        }
+        assert_eq!(o.push_bulk(frame(30)), PushOutcome::Disconnected);
+        assert_eq!(o.bulk_bytes(), 0);
+        assert_eq!(o.push_bulk(frame(1)), PushOutcome::Closed);
+        let b = o.take();
+        assert_eq!(b.close.unwrap().code, close_code::TRY_AGAIN_LATER);
+    }
+
+    #[test]
+    fn oversized_frame_fits_empty_lane() {
+        let o = outbox(SlowConsumerPolicy::Disconnect);
+        assert_eq!(o.push_bulk(frame(1000)), PushOutcome::Queued);
+    }
+
+    #[tokio::test]
+    async fn control_room_waits_for_writer() {
+        let o = std::sync::Arc::new(Outbox::new(
+            Limits {
+                bulk_bytes: 100,
+                control_bytes: 10,
+                policy: SlowConsumerPolicy::Drop,
+            },
+            Metrics::new(),
+        ));
+        o.push_control(frame(20));
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.wait_control_room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let _ = o.take();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

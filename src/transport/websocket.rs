@@ -1,0 +1,306 @@
+//! The Phoenix WebSocket transport: upgrade, then one reader task (this
+//! module, which also runs the [`Session`]) and one writer task
+//! ([`super::writer`]) per socket.
+//!
+//! # Contract
+//! * The upgrade is refused (403, empty body) before the 101 when
+//!   [`connect::authorize`] says so; nothing is spawned for a refused socket.
+//! * fastwebsockets' `read_frame` is not cancel-safe: it is raced in a
+//!   `select!` only against events after which the loop never reads again
+//!   (idle timeout, connection end).
+//! * Before each read the reader waits for room in the control lane, so
+//!   replies a client does not read cannot pile up ([`Outbox::wait_control_room`]).
+//! * Every way a socket ends is counted once in `sluice_disconnects_total`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fastwebsockets::{OpCode, Role, WebSocketError};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::connect::{self, ConnectInfo};
+use super::outbox::{close_code, Item, Limits, Outbox};
+use super::reassemble::{Kind, ReassembleError, Reassembler};
+use super::writer;
+use crate::app::App;
+use crate::metrics;
+use crate::protocol::{self, Format};
+use crate::session::Session;
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = code;
+    r
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Answer an upgrade request on a socket path and, if accepted, spawn the socket.
+pub fn upgrade(
+    app: Arc<App>,
+    mut req: Request<Incoming>,
+    tracker: &TaskTracker,
+    permit: Option<Arc<OwnedSemaphorePermit>>,
+) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        metrics::connect_rejected("bad_request");
+        return status(StatusCode::BAD_REQUEST);
+    }
+    let info = match connect::authorize(&app, req.uri().query(), req.headers(), now_ms()) {
+        Ok(info) => info,
+        Err(reject) => {
+            metrics::connect_rejected(reject.label());
+            tracing::info!(reason = reject.label(), "socket refused");
+            return status(StatusCode::FORBIDDEN);
+        }
+    };
+    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => {
+            metrics::connect_rejected("bad_request");
+            tracing::debug!(error = %e, "bad upgrade request");
+            return status(StatusCode::BAD_REQUEST);
+        }
+    };
+    let (mut parts, _) = response.into_parts();
+    if info.subprotocol_phoenix {
+        parts.headers.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static("phoenix"),
+        );
+    }
+    let inner_tracker = tracker.clone();
+    tracker.spawn(async move {
+        let _permit = permit;
+        match fut.await {
+            Ok(ws) => {
+                let upgraded: Upgraded = ws.into_inner().into_inner();
+                match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        let (r, w) = parts.io.into_inner().into_split();
+                        let r = std::io::Cursor::new(parts.read_buf).chain(r);
+                        run_socket(app, r, w, info, &inner_tracker).await;
+                    }
+                    Err(upgraded) => {
+                        let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                        run_socket(app, r, w, info, &inner_tracker).await;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// Why the reader stopped (a bounded label).
+#[derive(Debug, Clone, Copy)]
+enum End {
+    ClientClose,
+    Eof,
+    Idle,
+    BadInput,
+    TooBig,
+    Protocol,
+    ServerClose,
+}
+
+impl End {
+    fn label(self) -> &'static str {
+        match self {
+            End::ClientClose => "client_close",
+            End::Eof => "eof",
+            End::Idle => "idle_timeout",
+            End::BadInput => "bad_input",
+            End::TooBig => "too_big",
+            End::Protocol => "protocol_error",
+            End::ServerClose => "server_close",
+        }
+    }
+}
+
+fn payload_bytes(p: fastwebsockets::Payload<'_>) -> Bytes {
+    match p {
+        fastwebsockets::Payload::Bytes(b) => b.freeze(),
+        fastwebsockets::Payload::Owned(v) => Bytes::from(v),
+        other => Bytes::copy_from_slice(&other),
+    }
+}
+
+async fn run_socket<R, W>(app: Arc<App>, read: R, write: W, info: ConnectInfo, tracker: &TaskTracker)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &app.config;
+    let outbox = Arc::new(Outbox::new(
+        Limits {
+            bulk_bytes: cfg.outbound_queue_bytes,
+            control_bytes: cfg.control_queue_bytes,
+            policy: cfg.slow_consumer,
+        },
+        app.metrics.clone(),
+    ));
+    let id = app.next_id();
+    app.register(id, outbox.clone());
+    app.metrics.ws_connections.increment(1.0);
+    app.metrics.ws_connections_total.increment(1);
+    tracing::debug!(socket = id, user = info.user_id.as_deref(), format = ?info.format, "socket open");
+
+    let done = CancellationToken::new();
+    let writer = tracker.spawn(writer::run(
+        write,
+        outbox.clone(),
+        done.clone(),
+        cfg.write_timeout,
+        app.metrics.clone(),
+    ));
+
+    let mut session = Session::new(id, info.format, info.user_id.clone(), outbox.clone(), app.clone());
+    let end = read_loop(&app, read, &outbox, &mut session, info.format, &done).await;
+    session.shutdown().await;
+    app.unregister(id);
+    done.cancel();
+    let _ = writer.await;
+    app.metrics.ws_connections.decrement(1.0);
+    metrics::disconnect(end.label());
+    tracing::debug!(socket = id, reason = end.label(), "socket closed");
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    app: &App,
+    read: R,
+    outbox: &Arc<Outbox>,
+    session: &mut Session,
+    format: Format,
+    done: &CancellationToken,
+) -> End {
+    let cfg = &app.config;
+    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    // fastwebsockets refuses a frame when `len >= max`; ours is inclusive.
+    ws.set_max_message_size(cfg.max_frame_bytes.saturating_add(1));
+    ws.set_auto_pong(true);
+    ws.set_auto_close(true);
+    let mut reassembler = Reassembler::new(cfg.max_frame_bytes);
+    let obligations = outbox.clone();
+    let mut send_fn = move |frame: fastwebsockets::Frame<'_>| {
+        let item = match frame.opcode {
+            OpCode::Pong => Some(Item::Pong(payload_bytes(frame.payload))),
+            OpCode::Close => Some(Item::CloseEcho(payload_bytes(frame.payload))),
+            _ => None,
+        };
+        if let Some(item) = item {
+            obligations.push_control_item(item);
+        }
+        std::future::ready(Ok::<(), Infallible>(()))
+    };
+    let m = &app.metrics;
+    loop {
+        tokio::select! {
+            _ = outbox.wait_control_room() => {}
+            _ = done.cancelled() => return End::ServerClose,
+        }
+        let frame = tokio::select! {
+            r = ws.read_frame(&mut send_fn) => r,
+            _ = tokio::time::sleep(cfg.idle_timeout) => {
+                m.idle_timeouts.increment(1);
+                outbox.close(close_code::GOING_AWAY, "idle timeout");
+                return End::Idle;
+            }
+            _ = done.cancelled() => return End::ServerClose,
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return read_error(outbox, e),
+        };
+        let kind = match frame.opcode {
+            OpCode::Close => return End::ClientClose,
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text => Kind::Text,
+            OpCode::Binary => Kind::Binary,
+            OpCode::Continuation => Kind::Continuation,
+        };
+        let msg = match reassembler.push(kind, frame.fin, payload_bytes(frame.payload)) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => continue,
+            Err(ReassembleError::TooBig) => {
+                metrics::bad_input("too_big");
+                outbox.close(close_code::TOO_BIG, "message too big");
+                return End::TooBig;
+            }
+            Err(ReassembleError::InvalidUtf8) => {
+                metrics::bad_input("invalid_utf8");
+                outbox.close(close_code::INVALID_PAYLOAD, "invalid UTF-8");
+                return End::BadInput;
+            }
+            Err(ReassembleError::BadSequence) => {
+                metrics::bad_input("bad_fragment");
+                outbox.close(close_code::PROTOCOL_ERROR, "bad fragment sequence");
+                return End::Protocol;
+            }
+        };
+        if msg.text {
+            m.frames_in_text.increment(1);
+            m.bytes_in_text.increment(msg.data.len() as u64);
+        } else {
+            m.frames_in_binary.increment(1);
+            m.bytes_in_binary.increment(msg.data.len() as u64);
+        }
+        match protocol::decode(format, msg.text, msg.data) {
+            Ok(message) => {
+                if outbox.is_closing() {
+                    continue;
+                }
+                session.handle(message).await;
+            }
+            Err(e) => {
+                metrics::bad_input(e.reason());
+                tracing::info!(error = %e, "undecodable message; closing socket");
+                let code = match e {
+                    protocol::DecodeError::BinaryUnsupported => close_code::UNSUPPORTED_DATA,
+                    _ => close_code::INVALID_PAYLOAD,
+                };
+                outbox.close(code, &e.to_string());
+                return End::BadInput;
+            }
+        }
+    }
+}
+
+fn read_error(outbox: &Outbox, e: WebSocketError) -> End {
+    match e {
+        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => End::Eof,
+        WebSocketError::FrameTooLarge => {
+            metrics::bad_input("too_big");
+            outbox.close(close_code::TOO_BIG, "message too big");
+            End::TooBig
+        }
+        WebSocketError::InvalidUTF8 => {
+            metrics::bad_input("invalid_utf8");
+            outbox.close(close_code::INVALID_PAYLOAD, "invalid UTF-8");
+            End::BadInput
+        }
+        other => {
+            metrics::bad_input("ws_protocol");
+            tracing::debug!(error = %other, "WebSocket protocol error");
+            outbox.close(close_code::PROTOCOL_ERROR, "protocol error");
+            End::Protocol
+        }
+    }
+}
