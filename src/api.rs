@@ -55,23 +55,32 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
         return error(StatusCode::METHOD_NOT_ALLOWED, "bad_method", "use POST");
     }
     if !authorized(app, &req) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer api key");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer api key",
+        );
     }
     let is_json = req
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("application/json"));
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let body = match Limited::new(req.into_body(), app.config.max_api_body_bytes)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body over max_api_body_bytes")
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "body over max_api_body_bytes",
+            )
         }
         Err(_) => return error(StatusCode::BAD_REQUEST, "bad_body", "could not read body"),
     };
@@ -84,7 +93,13 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
         }
         let parsed: Body = match serde_json::from_slice(&body) {
             Ok(b) => b,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &format!("invalid JSON body: {e}")),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    &format!("invalid JSON body: {e}"),
+                )
+            }
         };
         let payload = match parsed.payload {
             Some(raw) => Payload::Json(Bytes::from(raw.get().to_owned())),
@@ -92,7 +107,13 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
         };
         (parsed.topic, parsed.event, payload)
     } else {
-        let get = |k: &str| query.iter().rev().find(|(q, _)| q == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            query
+                .iter()
+                .rev()
+                .find(|(q, _)| q == k)
+                .map(|(_, v)| v.clone())
+        };
         match (get("topic"), get("event")) {
             (Some(t), Some(e)) => (t, e, Payload::Binary(body)),
             _ => {
@@ -105,7 +126,11 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
         }
     };
     if !valid_meta(&topic) || !valid_meta(&event) {
-        return error(StatusCode::BAD_REQUEST, "bad_meta", "topic and event must be 1..=255 bytes");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_meta",
+            "topic and event must be 1..=255 bytes",
+        );
     }
     let d = app.pubsub.broadcast(&topic, &event, &payload, Origin::Api);
     metrics::api_request("ok");

@@ -54,7 +54,8 @@ impl App {
         let token_key = token::Key::derive(secret.as_bytes(), config.token_salt.as_bytes());
         let token_opts = token::VerifyOptions {
             max_age: Some(token::MaxAge::Seconds(config.token_max_age.as_secs())),
-            max_future_skew_ms: u64::try_from(config.token_max_skew.as_millis()).unwrap_or(u64::MAX),
+            max_future_skew_ms: u64::try_from(config.token_max_skew.as_millis())
+                .unwrap_or(u64::MAX),
         };
         Ok(App {
             router,
@@ -108,6 +109,9 @@ impl App {
 
     /// Number of live sockets.
     pub fn live_count(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }

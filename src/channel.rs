@@ -80,8 +80,12 @@ impl ChannelHandle {
 
     /// Broadcast an event to every subscriber of this topic, this client included.
     pub fn broadcast(&self, event: &str, payload: &Payload) {
-        self.pubsub
-            .broadcast(self.topic.as_str(), event, payload, crate::pubsub::Origin::Channel);
+        self.pubsub.broadcast(
+            self.topic.as_str(),
+            event,
+            payload,
+            crate::pubsub::Origin::Channel,
+        );
     }
 }
 

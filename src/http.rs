@@ -33,11 +33,17 @@ pub struct Routes {
     pub tracker: TaskTracker,
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -64,7 +70,11 @@ impl Routes {
             "/readyz" => text(StatusCode::OK, "text/plain", "ready\n"),
             "/metrics" => match &self.prometheus {
                 Some(h) => text(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
-                None => text(StatusCode::NOT_FOUND, "text/plain", "metrics recorder not installed\n"),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "metrics recorder not installed\n",
+                ),
             },
             "/api/broadcast" => crate::api::broadcast(&self.app, req).await,
             "/" | "/index.html" => text(StatusCode::OK, "text/html; charset=utf-8", INDEX),

@@ -104,7 +104,11 @@ impl Sluice {
 
     /// Serve on `listener` until `shutdown` resolves, then drain and return.
     /// Missing secrets come from the development secrets file ([`dev`]).
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let (secret, api_key) = match (self.secret, self.api_key) {
             (Some(s), Some(k)) => (s, k),
             (secret, api_key) => {
@@ -122,12 +126,16 @@ impl Sluice {
                         "no api_key configured: POST /api/broadcast uses the generated development key from the file"
                     );
                 }
-                (secret.unwrap_or(dev.secret_key_base), api_key.unwrap_or(dev.api_key))
+                (
+                    secret.unwrap_or(dev.secret_key_base),
+                    api_key.unwrap_or(dev.api_key),
+                )
             }
         };
         // Install the recorder before any metric handle is resolved.
         let _ = metrics::install();
-        let app = app::App::new(self.config, &self.registry, &secret, api_key).map_err(Error::Config)?;
+        let app =
+            app::App::new(self.config, &self.registry, &secret, api_key).map_err(Error::Config)?;
         let app = Arc::new(app);
         tracing::info!(addr = %listener.local_addr()?, "listening");
         server::serve(app, listener, shutdown).await;

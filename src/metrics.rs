@@ -38,32 +38,89 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     describe_gauge!("sluice_connections", "Open connections by transport.");
-    describe_counter!("sluice_connections_total", "Accepted connections by transport.");
+    describe_counter!(
+        "sluice_connections_total",
+        "Accepted connections by transport."
+    );
     describe_counter!(
         "sluice_connect_rejected_total",
         "Refused socket connections by reason (token_missing, token_invalid, token_expired, token_from_future, bad_vsn, origin, limit, bad_request)."
     );
     describe_counter!("sluice_joins_total", "Channel joins by result (ok, unauthorized, unmatched, too_many, refused, crashed, invalid_topic).");
     describe_gauge!("sluice_channels", "Joined channels on this node.");
-    describe_counter!("sluice_frames_in_total", "WebSocket messages received by transport and kind (text, binary).");
-    describe_counter!("sluice_bytes_in_total", Unit::Bytes, "Payload bytes received by transport and kind.");
-    describe_counter!("sluice_frames_out_total", "WebSocket frames sent by transport and kind (text, binary, control).");
-    describe_counter!("sluice_bytes_out_total", Unit::Bytes, "Bytes written to sockets by transport, headers included.");
-    describe_counter!("sluice_writev_total", "Vectored writes issued by socket writers (frames per write = frames_out / writev).");
-    describe_counter!("sluice_queue_dropped_total", "Outbound messages dropped by the slow-consumer policy `drop`.");
-    describe_counter!("sluice_slow_consumer_closes_total", "Sockets closed because their outbound queue was full or a write stalled.");
-    describe_counter!("sluice_idle_timeouts_total", "Sockets closed because nothing (not even a heartbeat) arrived within idle_timeout.");
+    describe_counter!(
+        "sluice_frames_in_total",
+        "WebSocket messages received by transport and kind (text, binary)."
+    );
+    describe_counter!(
+        "sluice_bytes_in_total",
+        Unit::Bytes,
+        "Payload bytes received by transport and kind."
+    );
+    describe_counter!(
+        "sluice_frames_out_total",
+        "WebSocket frames sent by transport and kind (text, binary, control)."
+    );
+    describe_counter!(
+        "sluice_bytes_out_total",
+        Unit::Bytes,
+        "Bytes written to sockets by transport, headers included."
+    );
+    describe_counter!(
+        "sluice_writev_total",
+        "Vectored writes issued by socket writers (frames per write = frames_out / writev)."
+    );
+    describe_counter!(
+        "sluice_queue_dropped_total",
+        "Outbound messages dropped by the slow-consumer policy `drop`."
+    );
+    describe_counter!(
+        "sluice_slow_consumer_closes_total",
+        "Sockets closed because their outbound queue was full or a write stalled."
+    );
+    describe_counter!(
+        "sluice_idle_timeouts_total",
+        "Sockets closed because nothing (not even a heartbeat) arrived within idle_timeout."
+    );
     describe_counter!("sluice_heartbeats_total", "Heartbeats answered.");
-    describe_counter!("sluice_bad_input_total", "Inbound messages refused, by reason.");
+    describe_counter!(
+        "sluice_bad_input_total",
+        "Inbound messages refused, by reason."
+    );
     describe_counter!("sluice_disconnects_total", "Closed sockets by reason.");
-    describe_counter!("sluice_server_closes_total", "Sockets the server asked to close, by reason (drain).");
-    describe_counter!("sluice_stale_messages_total", "Messages dropped because their join_ref was stale.");
-    describe_counter!("sluice_unmatched_total", "Messages for topics the socket has not joined.");
-    describe_counter!("sluice_channel_crashes_total", "Channel callbacks that failed or panicked.");
-    describe_counter!("sluice_broadcasts_total", "Broadcasts by origin (channel, api).");
-    describe_counter!("sluice_deliveries_total", "Broadcast frames queued to subscribers.");
-    describe_histogram!("sluice_broadcast_fanout_seconds", Unit::Seconds, "Time to queue one broadcast to every local subscriber.");
-    describe_counter!("sluice_api_requests_total", "POST /api/broadcast requests by result.");
+    describe_counter!(
+        "sluice_server_closes_total",
+        "Sockets the server asked to close, by reason (drain)."
+    );
+    describe_counter!(
+        "sluice_stale_messages_total",
+        "Messages dropped because their join_ref was stale."
+    );
+    describe_counter!(
+        "sluice_unmatched_total",
+        "Messages for topics the socket has not joined."
+    );
+    describe_counter!(
+        "sluice_channel_crashes_total",
+        "Channel callbacks that failed or panicked."
+    );
+    describe_counter!(
+        "sluice_broadcasts_total",
+        "Broadcasts by origin (channel, api)."
+    );
+    describe_counter!(
+        "sluice_deliveries_total",
+        "Broadcast frames queued to subscribers."
+    );
+    describe_histogram!(
+        "sluice_broadcast_fanout_seconds",
+        Unit::Seconds,
+        "Time to queue one broadcast to every local subscriber."
+    );
+    describe_counter!(
+        "sluice_api_requests_total",
+        "POST /api/broadcast requests by result."
+    );
 }
 
 /// Pre-resolved handles for the hot paths.

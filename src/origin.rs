@@ -75,7 +75,8 @@ impl OriginPolicy {
     pub fn parse(entries: &[String]) -> Result<OriginPolicy, String> {
         let mut allowed = Vec::with_capacity(entries.len());
         for e in entries {
-            let p = parse(e).ok_or_else(|| format!("`{e}` is not an origin like //host or https://host"))?;
+            let p = parse(e)
+                .ok_or_else(|| format!("`{e}` is not an origin like //host or https://host"))?;
             let (wildcard, host) = match p.host.strip_prefix("*.") {
                 Some(h) => (true, h.to_owned()),
                 None => (false, p.host),

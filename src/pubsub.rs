@@ -101,7 +101,13 @@ impl PubSub {
     }
 
     /// Queue `event`/`payload` to every subscriber of `topic`.
-    pub fn broadcast(&self, topic: &str, event: &str, payload: &Payload, origin: Origin) -> Delivery {
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+        origin: Origin,
+    ) -> Delivery {
         let started = Instant::now();
         crate::metrics::broadcast(origin.label());
         let mut delivery = Delivery::default();
@@ -168,7 +174,12 @@ mod tests {
         ps.subscribe("room:1", 2, Format::V2, b.clone());
         ps.subscribe("room:1", 2, Format::V2, b.clone());
         assert_eq!(ps.subscribers("room:1"), 2);
-        let d = ps.broadcast("room:1", "ev", &Payload::Binary(Bytes::from_static(b"xyz")), Origin::Api);
+        let d = ps.broadcast(
+            "room:1",
+            "ev",
+            &Payload::Binary(Bytes::from_static(b"xyz")),
+            Origin::Api,
+        );
         assert_eq!(d.queued, 2);
         let (ia, ib) = (a.take(), b.take());
         let (Item::Frame(fa), Item::Frame(fb)) = (&ia.items[0], &ib.items[0]) else {
@@ -186,7 +197,12 @@ mod tests {
         let ps = PubSub::new(Metrics::new());
         let a = outbox();
         ps.subscribe("t", 1, Format::V1, a.clone());
-        let d = ps.broadcast("t", "ev", &Payload::Binary(Bytes::from_static(b"x")), Origin::Api);
+        let d = ps.broadcast(
+            "t",
+            "ev",
+            &Payload::Binary(Bytes::from_static(b"x")),
+            Origin::Api,
+        );
         assert_eq!(d.unencodable, 1);
         assert!(a.take().items.is_empty());
     }

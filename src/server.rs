@@ -4,10 +4,12 @@
 //! * At most `max_connections` connections at once; the permit lives inside
 //!   the connection (and its socket tasks) and is released when they end. A
 //!   connection over the limit is closed at once and counted.
-//! * Shutdown, once `shutdown` resolves: stop accepting → readiness fails →
-//!   sockets are told to close with 1012 in batches of `drain_batch_size`
-//!   every `drain_batch_interval` → wait for every tracked task, at most
-//!   `drain_grace` → return. Nothing is spawned untracked.
+//! * Shutdown, once `shutdown` resolves: readiness fails and new sockets are
+//!   refused (503) while plain HTTP is still answered → sockets are told to
+//!   close with 1012 in batches of `drain_batch_size` every
+//!   `drain_batch_interval` → once they are gone (at most `drain_grace`) the
+//!   listener closes → wait for every tracked task, at most `drain_grace` →
+//!   return. Nothing is spawned untracked.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -37,9 +39,18 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     };
     let limit = Arc::new(Semaphore::new(app.config.max_connections));
     tokio::pin!(shutdown);
+    // Stays pending until shutdown starts; then runs the socket drain while the
+    // accept loop keeps answering plain HTTP (readiness says 503, upgrades are
+    // refused), so load balancers see the node leave before it disappears.
+    let drain_sockets = async {
+        (&mut shutdown).await;
+        app.draining.store(true, Ordering::Release);
+        close_sockets(&app).await;
+    };
+    tokio::pin!(drain_sockets);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut drain_sockets => break,
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
                 Err(e) => {
@@ -87,15 +98,19 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         });
     }
     drop(listener);
-    drain(&app, &tracker, &stop_http).await;
+    finish(&app, &tracker, &stop_http).await;
 }
 
-async fn drain(app: &App, tracker: &TaskTracker, stop_http: &CancellationToken) {
+/// Tell every socket to close (1012) in batches, then wait until they are
+/// gone or the grace period is over.
+async fn close_sockets(app: &App) {
     let cfg = &app.config;
-    app.draining.store(true, Ordering::Release);
-    stop_http.cancel();
     let sockets = app.live_sockets();
-    tracing::info!(sockets = sockets.len(), "draining: closing sockets with 1012");
+    tracing::info!(
+        sockets = sockets.len(),
+        "draining: closing sockets with 1012"
+    );
+    let deadline = tokio::time::Instant::now() + cfg.drain_grace;
     for (i, batch) in sockets.chunks(cfg.drain_batch_size).enumerate() {
         if i > 0 {
             tokio::time::sleep(cfg.drain_batch_interval).await;
@@ -105,9 +120,23 @@ async fn drain(app: &App, tracker: &TaskTracker, stop_http: &CancellationToken) 
         }
         crate::metrics::disconnect_many("drain", batch.len() as u64);
     }
+    while app.live_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stop the HTTP connections and wait for every tracked task (bounded).
+async fn finish(app: &App, tracker: &TaskTracker, stop_http: &CancellationToken) {
+    stop_http.cancel();
     tracker.close();
-    if tokio::time::timeout(cfg.drain_grace, tracker.wait()).await.is_err() {
-        tracing::warn!(left = app.live_count(), "drain grace elapsed; exiting with sockets still open");
+    if tokio::time::timeout(app.config.drain_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = app.live_count(),
+            "drain grace elapsed; exiting with sockets still open"
+        );
     } else {
         tracing::info!("drained");
     }

@@ -49,7 +49,13 @@ fn reason(text: &str) -> Payload {
 
 impl Session {
     /// A session for socket `id`.
-    pub fn new(id: u64, format: Format, user_id: Option<Arc<str>>, outbox: Arc<Outbox>, app: Arc<App>) -> Session {
+    pub fn new(
+        id: u64,
+        format: Format,
+        user_id: Option<Arc<str>>,
+        outbox: Arc<Outbox>,
+        app: Arc<App>,
+    ) -> Session {
         Session {
             id,
             format,
@@ -65,14 +71,29 @@ impl Session {
         self.channels.len()
     }
 
-    fn reply(&self, join_ref: Option<&Ref>, ref_: Option<&Ref>, topic: &str, status: &str, response: &Payload) {
-        let frame = match protocol::encode_reply(self.format, join_ref, ref_, topic, status, response) {
+    fn reply(
+        &self,
+        join_ref: Option<&Ref>,
+        ref_: Option<&Ref>,
+        topic: &str,
+        status: &str,
+        response: &Payload,
+    ) {
+        let frame = match protocol::encode_reply(
+            self.format,
+            join_ref,
+            ref_,
+            topic,
+            status,
+            response,
+        ) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(socket = self.id, topic, error = %e, "reply not encodable; sending an error reply instead");
                 metrics::bad_input("unencodable_reply");
                 let fallback = reason(&format!("reply not encodable: {e}"));
-                match protocol::encode_reply(self.format, join_ref, ref_, topic, "error", &fallback) {
+                match protocol::encode_reply(self.format, join_ref, ref_, topic, "error", &fallback)
+                {
                     Ok(f) => f,
                     Err(_) => return,
                 }
@@ -96,7 +117,13 @@ impl Session {
         match (&msg.event, msg.topic.as_str()) {
             (Event::Heartbeat, "phoenix") => {
                 self.app.metrics.heartbeats.increment(1);
-                self.reply(msg.join_ref.as_ref(), msg.ref_.as_ref(), "phoenix", "ok", &Payload::empty());
+                self.reply(
+                    msg.join_ref.as_ref(),
+                    msg.ref_.as_ref(),
+                    "phoenix",
+                    "ok",
+                    &Payload::empty(),
+                );
             }
             (Event::Join, _) => self.join(msg).await,
             (Event::Leave, _) => self.leave(msg).await,
@@ -142,7 +169,13 @@ impl Session {
         };
         if self.channels.len() >= self.app.config.max_channels {
             metrics::join("too_many");
-            self.reply(jr, r, topic.as_str(), "error", &reason("too many channels joined"));
+            self.reply(
+                jr,
+                r,
+                topic.as_str(),
+                "error",
+                &reason("too many channels joined"),
+            );
             close_old(self);
             return;
         }
@@ -170,9 +203,12 @@ impl Session {
                 metrics::join("ok");
                 // Subscribe before replying so no broadcast sent after the
                 // client sees `ok` can be missed.
-                self.app
-                    .pubsub
-                    .subscribe(topic.as_str(), self.id, self.format, self.outbox.clone());
+                self.app.pubsub.subscribe(
+                    topic.as_str(),
+                    self.id,
+                    self.format,
+                    self.outbox.clone(),
+                );
                 self.reply(jr, r, topic.as_str(), "ok", &reply);
                 self.app.metrics.channels.increment(1.0);
                 self.channels.insert(
@@ -206,7 +242,13 @@ impl Session {
     async fn leave(&mut self, msg: Message) {
         let topic = msg.topic.clone();
         let Some(joined) = self.channels.get(&topic) else {
-            self.reply(msg.join_ref.as_ref(), msg.ref_.as_ref(), topic.as_str(), "ok", &Payload::empty());
+            self.reply(
+                msg.join_ref.as_ref(),
+                msg.ref_.as_ref(),
+                topic.as_str(),
+                "ok",
+                &Payload::empty(),
+            );
             return;
         };
         if Self::is_stale(&msg, joined) {
@@ -217,7 +259,13 @@ impl Session {
             return;
         };
         Self::end_channel(&self.app, self.id, &mut joined, Terminate::Leave).await;
-        self.reply(msg.join_ref.as_ref(), msg.ref_.as_ref(), topic.as_str(), "ok", &Payload::empty());
+        self.reply(
+            msg.join_ref.as_ref(),
+            msg.ref_.as_ref(),
+            topic.as_str(),
+            "ok",
+            &Payload::empty(),
+        );
         self.control_event(joined.join_ref.as_ref(), topic.as_str(), "phx_close", b"{}");
     }
 
@@ -225,25 +273,47 @@ impl Session {
         let topic = msg.topic.clone();
         let Some(joined) = self.channels.get_mut(&topic) else {
             self.app.metrics.unmatched.increment(1);
-            self.reply(None, msg.ref_.as_ref(), topic.as_str(), "error", &reason("unmatched topic"));
+            self.reply(
+                None,
+                msg.ref_.as_ref(),
+                topic.as_str(),
+                "error",
+                &reason("unmatched topic"),
+            );
             return;
         };
         if Self::is_stale(&msg, joined) {
             self.app.metrics.stale.increment(1);
             return;
         }
-        let result = AssertUnwindSafe(joined.channel.handle_in(&joined.handle, msg.event.as_str(), msg.payload))
-            .catch_unwind()
-            .await;
+        let result = AssertUnwindSafe(joined.channel.handle_in(
+            &joined.handle,
+            msg.event.as_str(),
+            msg.payload,
+        ))
+        .catch_unwind()
+        .await;
         let join_ref = joined.join_ref.clone();
         match result {
             Ok(Ok(Outcome::Reply { status, response })) => {
-                self.reply(join_ref.as_ref(), msg.ref_.as_ref(), topic.as_str(), &status, &response);
+                self.reply(
+                    join_ref.as_ref(),
+                    msg.ref_.as_ref(),
+                    topic.as_str(),
+                    &status,
+                    &response,
+                );
             }
             Ok(Ok(Outcome::NoReply)) => {}
             Ok(Ok(Outcome::Stop { reply })) => {
                 if let Some((status, response)) = reply {
-                    self.reply(join_ref.as_ref(), msg.ref_.as_ref(), topic.as_str(), &status, &response);
+                    self.reply(
+                        join_ref.as_ref(),
+                        msg.ref_.as_ref(),
+                        topic.as_str(),
+                        &status,
+                        &response,
+                    );
                 }
                 if let Some(mut joined) = self.channels.remove(&topic) {
                     Self::end_channel(&self.app, self.id, &mut joined, Terminate::Stop).await;

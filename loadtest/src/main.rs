@@ -1,1 +1,3 @@
+//! sluice-load: load generator for Sluice and other Phoenix Channels servers (in progress).
+
 fn main() {}

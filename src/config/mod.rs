@@ -121,7 +121,10 @@ fn log_format(s: &str) -> Result<LogFormat, String> {
 }
 
 fn routes(s: &str) -> Result<Vec<RouteSpec>, String> {
-    values::list(s)?.iter().map(|r| RouteSpec::parse(r)).collect()
+    values::list(s)?
+        .iter()
+        .map(|r| RouteSpec::parse(r))
+        .collect()
 }
 
 fn origins(s: &str) -> Result<OriginPolicy, String> {
@@ -196,9 +199,9 @@ settings! {
     /// Address to listen on.
     listen: SocketAddr = "127.0.0.1:4000" via values::addr;
     /// Phoenix `secret_key_base` used to verify socket tokens (at least 20 bytes).
-    /// Empty: a random development secret is generated at start and logged.
+    /// Empty: a development secret from `.sluice-dev-secrets` (created on first use; logged loudly).
     secret_key_base: Option<String> = "" via secret;
-    /// Bearer key for POST /api/broadcast. Empty: a random key is generated and logged.
+    /// Bearer key for POST /api/broadcast. Empty: the development key from `.sluice-dev-secrets`.
     api_key: Option<String> = "" via values::opt_string;
     /// Phoenix.Token salt for socket tokens.
     token_salt: String = "user socket" via values::string;
@@ -333,10 +336,12 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
     for key in table.keys() {
         if !SETTINGS.iter().any(|(k, _)| k == key) {
             return Err(ConfigError::UnknownKey {
@@ -373,7 +378,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "max_channels = 7\nidle_timeout = \"5s\"\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "max_channels = 7\nidle_timeout = \"5s\"\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
         let flags = Flags {
             config: Some(path.clone()),
             listen: Some("127.0.0.1:3".into()),
@@ -397,14 +406,21 @@ mod tests {
             max_frame_bytes: Some("banana".into()),
             ..Flags::default()
         };
-        let err = Config::load_with_env(&flags, &no_env).unwrap_err().to_string();
+        let err = Config::load_with_env(&flags, &no_env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_frame_bytes"), "{err}");
         assert!(err.contains("--max-frame-bytes"), "{err}");
         assert!(err.contains("flag"), "{err}");
 
         let env = |k: &str| (k == "SLUICE_SLOW_CONSUMER").then(|| "maybe".to_string());
-        let err = Config::load_with_env(&Flags::default(), &env).unwrap_err().to_string();
-        assert!(err.contains("slow_consumer") && err.contains("environment"), "{err}");
+        let err = Config::load_with_env(&Flags::default(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("slow_consumer") && err.contains("environment"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -413,15 +429,44 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "max_chanels = 7\n").unwrap();
-        let flags = Flags { config: Some(path), ..Flags::default() };
-        let err = Config::load_with_env(&flags, &no_env).unwrap_err().to_string();
+        let flags = Flags {
+            config: Some(path),
+            ..Flags::default()
+        };
+        let err = Config::load_with_env(&flags, &no_env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_chanels"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
+    fn readme_documents_every_setting() {
+        let readme = include_str!("../../README.md");
+        for (key, default) in SETTINGS {
+            let default = if default.is_empty() {
+                "(empty)"
+            } else {
+                default
+            };
+            let row = format!(
+                "`{key}` · `--{}` · `SLUICE_{}` | `{default}` |",
+                key.replace('_', "-"),
+                key.to_ascii_uppercase()
+            );
+            assert!(
+                readme.contains(&row),
+                "README.md lacks the row for {key}: {row}"
+            );
+        }
+    }
+
+    #[test]
     fn short_secret_is_refused() {
-        let flags = Flags { secret_key_base: Some("short".into()), ..Flags::default() };
+        let flags = Flags {
+            secret_key_base: Some("short".into()),
+            ..Flags::default()
+        };
         assert!(Config::load_with_env(&flags, &no_env).is_err());
     }
 
@@ -430,8 +475,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-cfg3-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "routes = [\"echo:*=echo/anyone\", \"lobby=room/authenticated\"]\n").unwrap();
-        let flags = Flags { config: Some(path), ..Flags::default() };
+        std::fs::write(
+            &path,
+            "routes = [\"echo:*=echo/anyone\", \"lobby=room/authenticated\"]\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(path),
+            ..Flags::default()
+        };
         let c = Config::load_with_env(&flags, &no_env).unwrap();
         assert_eq!(c.routes.len(), 2);
         std::fs::remove_dir_all(&dir).ok();

@@ -65,7 +65,11 @@ pub fn string(s: &str) -> Result<String, String> {
 
 /// An optional string: empty means unset.
 pub fn opt_string(s: &str) -> Result<Option<String>, String> {
-    Ok(if s.is_empty() { None } else { Some(s.to_owned()) })
+    Ok(if s.is_empty() {
+        None
+    } else {
+        Some(s.to_owned())
+    })
 }
 
 /// A comma-separated list; blank entries are ignored.
@@ -100,7 +104,10 @@ mod tests {
 
     #[test]
     fn lists() {
-        assert_eq!(list("a, b,,c"), Ok(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(
+            list("a, b,,c"),
+            Ok(vec!["a".into(), "b".into(), "c".into()])
+        );
         assert_eq!(list(""), Ok(vec![]));
     }
 }

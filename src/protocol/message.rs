@@ -22,7 +22,8 @@ impl Format {
         };
         let mut parts = vsn.split('.');
         let (major, minor, patch) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || patch.is_empty() || !patch.bytes().all(|b| b.is_ascii_digit()) {
+        if parts.next().is_some() || patch.is_empty() || !patch.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         match (major, minor) {

@@ -140,7 +140,9 @@ pub fn encode_push(
     match (format, payload) {
         (Format::V1, Payload::Binary(_)) => Err(EncodeError::BinaryUnsupported),
         (Format::V1, Payload::Json(json)) => Ok(v1::encode_message(None, topic, event, json)),
-        (Format::V2, Payload::Json(json)) => Ok(v2::encode_message(join_ref, None, topic, event, json)),
+        (Format::V2, Payload::Json(json)) => {
+            Ok(v2::encode_message(join_ref, None, topic, event, json))
+        }
         (Format::V2, Payload::Binary(data)) => {
             binary::encode_push(join_ref, topic, event, data.clone())
         }

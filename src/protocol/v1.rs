@@ -35,8 +35,10 @@ use super::{DecodeError, Event, Frame, Message, Payload, Ref, Topic};
 /// the wrong type.
 pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(&data);
-    let fields = de.deserialize_map(FieldsVisitor).map_err(json_error)?;
-    de.end().map_err(json_error)?;
+    let fields = de
+        .deserialize_map(FieldsVisitor)
+        .map_err(|e| json_error(e, OBJECT))?;
+    de.end().map_err(|e| json_error(e, OBJECT))?;
     let topic = fields.topic.ok_or(DecodeError::MissingField("topic"))?;
     let event = fields.event.ok_or(DecodeError::MissingField("event"))?;
     let payload = fields.payload.ok_or(DecodeError::MissingField("payload"))?;
@@ -91,6 +93,9 @@ fn finish(mut out: Vec<u8>, ref_: Option<&Ref>, topic: &str) -> Frame {
 
 // === decode helpers ===
 
+/// What a V1 frame must be, for error messages.
+const OBJECT: &str = "a JSON object {topic, event, payload, ref}";
+
 /// The raw values of the keys V1 knows.
 #[derive(Default)]
 struct Fields<'a> {
@@ -107,7 +112,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     type Value = Fields<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object {topic, event, payload, ref}")
+        f.write_str(OBJECT)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -248,6 +253,11 @@ mod tests {
             decode_str(r#"{"topic":"t","event":"e","payload":{},"ref":"1","join_ref":false}"#),
             Err(DecodeError::FieldType("join_ref"))
         );
+        let Err(DecodeError::Json(msg)) = decode_str(&format!("\"{}\"", "x".repeat(100_000)))
+        else {
+            panic!("json error")
+        };
+        assert!(msg.len() < 100, "{msg}");
         for bad in ["", "[]", "{", r#"{"topic":"t"} {}"#, "null"] {
             assert!(
                 matches!(decode_str(bad), Err(DecodeError::Json(_))),

@@ -16,7 +16,10 @@
 //!
 //! Decoded payloads are echoed byte for byte; a client payload written with
 //! whitespace or `\u` escapes is therefore echoed that way, where Phoenix would
-//! re-encode it compactly. The two are the same JSON value.
+//! re-encode it compactly. The two are the same JSON value. Payloads are
+//! checked against the JSON grammar only: a number beyond `f64` range (`1e999`)
+//! is accepted and kept as text, where Phoenix's Jason refuses the frame; code
+//! that parses a payload into typed values reports such numbers itself.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -37,8 +40,10 @@ use super::{DecodeError, Event, Frame, Message, Opcode, Payload, Ref, Topic};
 /// or null, or a topic/event that is not a string.
 pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(&data);
-    let (items, len) = de.deserialize_seq(FirstFive).map_err(json_error)?;
-    de.end().map_err(json_error)?;
+    let (items, len) = de
+        .deserialize_seq(FirstFive)
+        .map_err(|e| json_error(e, ARRAY))?;
+    de.end().map_err(|e| json_error(e, ARRAY))?;
     let [Some(join_ref), Some(ref_), Some(topic), Some(event), Some(payload)] = items else {
         return Err(DecodeError::Arity(len));
     };
@@ -107,6 +112,9 @@ pub fn encode_message(
 
 // === decode helpers (shared with v1) ===
 
+/// What a V2 frame must be, for error messages.
+const ARRAY: &str = "a JSON array [join_ref, ref, topic, event, payload]";
+
 /// Collects the first five elements of an array as raw JSON and skips the rest.
 struct FirstFive;
 
@@ -114,7 +122,7 @@ impl<'de> Visitor<'de> for FirstFive {
     type Value = ([Option<&'de RawValue>; 5], usize);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON array [join_ref, ref, topic, event, payload]")
+        f.write_str(ARRAY)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -135,9 +143,21 @@ impl<'de> Visitor<'de> for FirstFive {
     }
 }
 
-/// Map a serde_json error to [`DecodeError::Json`].
-pub(super) fn json_error(e: serde_json::Error) -> DecodeError {
-    DecodeError::Json(e.to_string())
+/// Map a serde_json error to [`DecodeError::Json`], keeping the message bounded.
+///
+/// Syntax errors have fixed texts; a wrong top-level type ("data" errors) would
+/// quote the client's value, possibly megabytes of it, so it is replaced by
+/// what was `expected`.
+pub(super) fn json_error(e: serde_json::Error, expected: &str) -> DecodeError {
+    if e.is_data() {
+        DecodeError::Json(format!(
+            "expected {expected} at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+    } else {
+        DecodeError::Json(e.to_string())
+    }
 }
 
 /// The `Bytes` slice of `data` that `raw` borrows from (zero copy).
@@ -182,7 +202,7 @@ pub(super) fn parse_str<'a>(
         Some(inner) if !inner.contains('\\') => Ok(Cow::Borrowed(inner)),
         _ => serde_json::from_str::<String>(text)
             .map(Cow::Owned)
-            .map_err(json_error),
+            .map_err(|e| json_error(e, "a JSON string")),
     }
 }
 
@@ -379,6 +399,18 @@ mod tests {
     }
 
     #[test]
+    fn huge_numbers_are_kept_as_text() {
+        // Found by the decode_v2 fuzz target: valid JSON grammar, out of f64 range.
+        let m = decode_str(r#"["5","5","t","e",{"some":-22220e222222}]"#).expect("decodes");
+        assert_eq!(
+            m.payload,
+            Payload::Json(Bytes::from_static(br#"{"some":-22220e222222}"#))
+        );
+        let m = decode_str(r#"[1e999,null,"t","e",{}]"#).expect("decodes");
+        assert_eq!(m.join_ref, Some(Ref::Num("1e999".into())));
+    }
+
+    #[test]
     fn escaped_strings_are_unescaped() {
         let m = decode_str(r#"["a\"b","\u0031","room:caf\u00e9","new\nmsg",{}]"#).expect("decodes");
         assert_eq!(m.join_ref, Some(s("a\"b")));
@@ -423,6 +455,12 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // A wrong top-level type does not quote the client's value.
+        let big = format!("\"{}\"", "x".repeat(100_000));
+        let Err(DecodeError::Json(msg)) = decode_str(&big) else {
+            panic!("json error")
+        };
+        assert!(msg.len() < 100, "{msg}");
         let invalid_utf8 = Bytes::from_static(b"[\"1\",\"2\",\"t\xff\",\"e\",{}]");
         assert!(matches!(decode(invalid_utf8), Err(DecodeError::Json(_))));
     }

@@ -8,7 +8,8 @@
 //!   (`base64url.bearer.phx.<base64>`, phoenix.js 1.8), then the `token` query
 //!   parameter, then `userToken` (the seed's client). A repeated parameter
 //!   keeps its last value, as Plug does.
-//! * Every rejection becomes HTTP 403 with an empty body, as Phoenix does.
+//! * Every rejection becomes HTTP 403 with an empty body, as Phoenix does,
+//!   except [`Reject::Draining`], which is 503 (try another node).
 
 use std::sync::Arc;
 
@@ -114,7 +115,12 @@ fn params(query: Option<&str>) -> Params {
 }
 
 /// Decide whether this upgrade request may connect.
-pub fn authorize(app: &App, query: Option<&str>, headers: &HeaderMap, now_ms: u64) -> Result<ConnectInfo, Reject> {
+pub fn authorize(
+    app: &App,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    now_ms: u64,
+) -> Result<ConnectInfo, Reject> {
     if app.is_draining() {
         return Err(Reject::Draining);
     }
@@ -163,7 +169,10 @@ mod tests {
     fn bearer_subprotocol() {
         let mut h = HeaderMap::new();
         // btoa("tok_123") without padding
-        h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, "phoenix, base64url.bearer.phx.dG9rXzEyMw".parse().unwrap());
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "phoenix, base64url.bearer.phx.dG9rXzEyMw".parse().unwrap(),
+        );
         let (phoenix, bearer) = subprotocols(&h);
         assert!(phoenix);
         assert_eq!(bearer.as_deref(), Some("tok_123"));

@@ -54,7 +54,12 @@ impl Reassembler {
     }
 
     /// Feed one data frame; returns a message when one is complete.
-    pub fn push(&mut self, kind: Kind, fin: bool, payload: Bytes) -> Result<Option<InMessage>, ReassembleError> {
+    pub fn push(
+        &mut self,
+        kind: Kind,
+        fin: bool,
+        payload: Bytes,
+    ) -> Result<Option<InMessage>, ReassembleError> {
         match (kind, self.partial.as_mut()) {
             (Kind::Text | Kind::Binary, Some(_)) => Err(ReassembleError::BadSequence),
             (Kind::Continuation, None) => Err(ReassembleError::BadSequence),
@@ -108,7 +113,10 @@ mod tests {
     #[test]
     fn whole_and_fragmented() {
         let mut r = Reassembler::new(10);
-        assert_eq!(r.push(Kind::Text, true, b(b"hi")).unwrap().unwrap().data, b(b"hi"));
+        assert_eq!(
+            r.push(Kind::Text, true, b(b"hi")).unwrap().unwrap().data,
+            b(b"hi")
+        );
         assert_eq!(r.push(Kind::Binary, false, b(b"ab")).unwrap(), None);
         assert_eq!(r.push(Kind::Continuation, false, b(b"cd")).unwrap(), None);
         let m = r.push(Kind::Continuation, true, b(b"e")).unwrap().unwrap();
@@ -119,8 +127,14 @@ mod tests {
     fn bound_applies_to_the_sum() {
         let mut r = Reassembler::new(4);
         assert_eq!(r.push(Kind::Binary, false, b(b"abc")).unwrap(), None);
-        assert_eq!(r.push(Kind::Continuation, true, b(b"de")), Err(ReassembleError::TooBig));
-        assert_eq!(r.push(Kind::Binary, true, b(b"abcde")), Err(ReassembleError::TooBig));
+        assert_eq!(
+            r.push(Kind::Continuation, true, b(b"de")),
+            Err(ReassembleError::TooBig)
+        );
+        assert_eq!(
+            r.push(Kind::Binary, true, b(b"abcde")),
+            Err(ReassembleError::TooBig)
+        );
     }
 
     #[test]
@@ -128,15 +142,27 @@ mod tests {
         let mut r = Reassembler::new(100);
         let s = "é".as_bytes();
         assert_eq!(r.push(Kind::Text, false, b(&s[..1])).unwrap(), None);
-        assert!(r.push(Kind::Continuation, true, b(&s[1..])).unwrap().is_some());
-        assert_eq!(r.push(Kind::Text, true, b(&[0xff])), Err(ReassembleError::InvalidUtf8));
+        assert!(r
+            .push(Kind::Continuation, true, b(&s[1..]))
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            r.push(Kind::Text, true, b(&[0xff])),
+            Err(ReassembleError::InvalidUtf8)
+        );
     }
 
     #[test]
     fn bad_sequences() {
         let mut r = Reassembler::new(100);
-        assert_eq!(r.push(Kind::Continuation, true, b(b"x")), Err(ReassembleError::BadSequence));
+        assert_eq!(
+            r.push(Kind::Continuation, true, b(b"x")),
+            Err(ReassembleError::BadSequence)
+        );
         r.push(Kind::Text, false, b(b"x")).unwrap();
-        assert_eq!(r.push(Kind::Text, true, b(b"y")), Err(ReassembleError::BadSequence));
+        assert_eq!(
+            r.push(Kind::Text, true, b(b"y")),
+            Err(ReassembleError::BadSequence)
+        );
     }
 }

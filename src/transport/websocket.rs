@@ -67,6 +67,9 @@ pub fn upgrade(
         Err(reject) => {
             metrics::connect_rejected(reject.label());
             tracing::info!(reason = reject.label(), "socket refused");
+            if reject == connect::Reject::Draining {
+                return status(StatusCode::SERVICE_UNAVAILABLE);
+            }
             return status(StatusCode::FORBIDDEN);
         }
     };
@@ -143,8 +146,13 @@ fn payload_bytes(p: fastwebsockets::Payload<'_>) -> Bytes {
     }
 }
 
-async fn run_socket<R, W>(app: Arc<App>, read: R, write: W, info: ConnectInfo, tracker: &TaskTracker)
-where
+async fn run_socket<R, W>(
+    app: Arc<App>,
+    read: R,
+    write: W,
+    info: ConnectInfo,
+    tracker: &TaskTracker,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -172,7 +180,13 @@ where
         app.metrics.clone(),
     ));
 
-    let mut session = Session::new(id, info.format, info.user_id.clone(), outbox.clone(), app.clone());
+    let mut session = Session::new(
+        id,
+        info.format,
+        info.user_id.clone(),
+        outbox.clone(),
+        app.clone(),
+    );
     let end = read_loop(&app, read, &outbox, &mut session, info.format, &done).await;
     session.shutdown().await;
     app.unregister(id);
@@ -285,7 +299,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
 
 fn read_error(outbox: &Outbox, e: WebSocketError) -> End {
     match e {
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => End::Eof,
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => End::Eof,
         WebSocketError::FrameTooLarge => {
             metrics::bad_input("too_big");
             outbox.close(close_code::TOO_BIG, "message too big");

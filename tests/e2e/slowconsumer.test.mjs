@@ -1,7 +1,6 @@
 // Backpressure: a subscriber that stops reading must not hold up others. With
 // --slow-consumer disconnect it is disconnected; with drop it loses messages but stays
-// connected. (The close code for a slow-consumer disconnect is not part of the contract;
-// it is only reported.)
+// connected. The close code 1013 (try again later) is the one `sluice serve --help` documents.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { apiBroadcast, startServer, withLogs } from "./lib/server.mjs";
@@ -43,10 +42,12 @@ test("slow consumer (disconnect): a stalled subscriber is disconnected, the fast
   const bulk = slow.texts.filter((d) => Array.isArray(d) && d[3] === "bulk").length;
   t.diagnostic(`slow consumer closed with ${JSON.stringify(closeInfo)} after receiving ${bulk}/${N}`);
   assert.ok(bulk < N, `the stalled subscriber cannot have received everything (${bulk}/${N})`);
+  assert.equal(closeInfo.code, 1013, "slow-consumer disconnect closes with 1013");
 });
 
 test("slow consumer (drop): a stalled subscriber loses messages but stays connected", async (t) => {
   const { slow } = await scenario(t, "drop");
+  await slow.settle(500, 20000); // let what the server still queued drain first
   slow.sendJson([null, "hb", "phoenix", "heartbeat", {}]);
   await slow.reply("hb", 15000);
   const bulk = slow.texts.filter((d) => Array.isArray(d) && d[3] === "bulk");

@@ -2,7 +2,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { startServer, withLogs } from "./lib/server.mjs";
-import { join, joinOk, nextEvent, phxSocket, push, v1Codec } from "./lib/phx.mjs";
+import { join, joinOk, nextEvent, phxSocket, push, v1Codec, waitFor } from "./lib/phx.mjs";
 
 let srv;
 before(async () => { srv = await startServer(); }, { timeout: 30000 });
@@ -72,4 +72,8 @@ T("v1: leave → ok and channel closes", async (t) => {
   });
   assert.equal(status, "ok");
   assert.equal(ch.state, "closed");
+  // leave() resolves locally in phoenix.js 1.8.16; check the server's own reply and phx_close
+  const reply = await waitFor(() => socket.record.frames.find((m) => m.event === "phx_reply" && m.ref === lp.ref), 3000, "V1 leave reply");
+  assert.deepEqual(reply.payload, { status: "ok", response: {} });
+  await waitFor(() => socket.record.frames.find((m) => m.topic === "echo:v1leave" && m.event === "phx_close"), 3000, "V1 phx_close");
 });

@@ -107,6 +107,16 @@ export class RawClient {
     return this.waitFrame((d) => Array.isArray(d) && d[1] === ref && d[3] === "phx_reply", ms, `phx_reply ref=${ref}`);
   }
 
+  /** Waits until no frame arrived for `quietMs` (bounded by `ms`). */
+  async settle(quietMs = 500, ms = 15000) {
+    let last = -1;
+    let since = Date.now();
+    await waitFor(() => {
+      if (this.frames.length !== last) { last = this.frames.length; since = Date.now(); return false; }
+      return Date.now() - since >= quietMs;
+    }, ms, `frames to stop arriving (have ${this.frames.length})`);
+  }
+
   /** Waits for the close event; resolves {code, reason}. */
   async waitClose(ms = 5000) {
     let timer;
@@ -119,7 +129,8 @@ export class RawClient {
   }
 
   describeFrames(max = 20) {
-    const fs = this.frames.slice(-max).map((f) => (f.type === "text" ? f.text : `<binary ${f.data.toString("hex").slice(0, 80)}>`));
+    const cut = (str) => (str.length > 200 ? `${str.slice(0, 200)}…(${str.length} chars)` : str);
+    const fs = this.frames.slice(-max).map((f) => (f.type === "text" ? cut(f.text) : `<binary ${f.data.length} bytes ${f.data.toString("hex").slice(0, 80)}>`));
     return `[${fs.join(", ")}]${this.frames.length > max ? ` (+${this.frames.length - max} earlier)` : ""}`;
   }
 

@@ -167,7 +167,7 @@ export async function startServer({ args = [], env = {}, port, defaults = true, 
 export function withLogs(getServers, fn) {
   return async (t) => {
     try {
-      await fn(t);
+      return await fn(t);
     } catch (err) {
       let servers = [];
       try { servers = [getServers()].flat().filter(Boolean); } catch { /* none */ }

@@ -13,8 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let Payload::Json(payload) = &m.payload else {
         panic!("V2 text decoded a binary payload")
     };
+    // Syntax only: a number out of f64 range is still JSON text (see the v2 module docs).
     assert!(
-        serde_json::from_slice::<serde_json::Value>(payload).is_ok(),
+        serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok(),
         "payload is not one JSON value"
     );
     let frame = v2::encode_message(

@@ -1,0 +1,47 @@
+# Sluice: the two commands a new machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+E2E_DIR := tests/e2e
+
+.PHONY: run test lint unit e2e bench bench-build fuzz-build fuzz clean
+
+## Serve the demo and every endpoint on http://localhost:4000 with embedded defaults.
+run:
+	$(CARGO) run --release --bin sluice -- serve
+
+## Everything CI checks: formatting, lints, unit + integration tests, the
+## end-to-end suite with the official phoenix client, and that benches and
+## fuzz targets compile.
+test: lint unit bench-build fuzz-build e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked
+
+bench-build:
+	$(CARGO) bench --workspace --locked --no-run
+
+## Type-check the fuzz targets on stable (no sanitizer); `make fuzz` runs them.
+fuzz-build:
+	$(CARGO) check --manifest-path tests/fuzz/Cargo.toml --bins
+
+## Run every fuzz target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`).
+FUZZ_SECONDS ?= 60
+fuzz:
+	for t in decode_v1 decode_v2 decode_binary decode_etf token_verify; do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t --fuzz-dir tests/fuzz -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
+	done
+
+e2e:
+	$(CARGO) build --locked --bin sluice
+	cd $(E2E_DIR) && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && SLUICE_BIN=$(CURDIR)/target/debug/sluice npm test
+
+bench:
+	$(CARGO) bench --bench protocol --bench fanout
+
+clean:
+	$(CARGO) clean
+	rm -rf $(E2E_DIR)/node_modules
