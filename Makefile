@@ -24,9 +24,9 @@ unit:
 bench-build:
 	$(CARGO) bench --workspace --locked --no-run
 
-## Type-check the fuzz targets on stable (no sanitizer); `make fuzz` runs them.
+## Compile the fuzz targets on stable (no sanitizer instrumentation); `make fuzz` runs them.
 fuzz-build:
-	$(CARGO) check --manifest-path tests/fuzz/Cargo.toml --bins
+	$(CARGO) build --manifest-path tests/fuzz/Cargo.toml --bins
 
 ## Run every fuzz target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`).
 FUZZ_SECONDS ?= 60

@@ -64,7 +64,7 @@ fn describe() {
     describe_counter!(
         "sluice_bytes_out_total",
         Unit::Bytes,
-        "Bytes written to sockets by transport, headers included."
+        "Bytes written to sockets by transport and kind, WebSocket headers included."
     );
     describe_counter!(
         "sluice_writev_total",
@@ -79,8 +79,8 @@ fn describe() {
         "Sockets closed because their outbound queue was full or a write stalled."
     );
     describe_counter!(
-        "sluice_idle_timeouts_total",
-        "Sockets closed because nothing (not even a heartbeat) arrived within idle_timeout."
+        "sluice_heartbeat_timeouts_total",
+        "Sockets closed (1001) because nothing, not even a heartbeat, arrived within idle_timeout."
     );
     describe_counter!("sluice_heartbeats_total", "Heartbeats answered.");
     describe_counter!(
@@ -144,8 +144,12 @@ pub struct Metrics {
     pub frames_out_binary: Counter,
     /// Control frames out (pong, close).
     pub frames_out_control: Counter,
-    /// Bytes out.
-    pub bytes_out: Counter,
+    /// Text bytes out (WebSocket headers included).
+    pub bytes_out_text: Counter,
+    /// Binary bytes out (WebSocket headers included).
+    pub bytes_out_binary: Counter,
+    /// Control bytes out (pong, close).
+    pub bytes_out_control: Counter,
     /// Vectored writes.
     pub writev: Counter,
     /// Dropped by policy.
@@ -184,11 +188,13 @@ impl Metrics {
             frames_out_text: counter!("sluice_frames_out_total", t.0 => t.1, "kind" => "text"),
             frames_out_binary: counter!("sluice_frames_out_total", t.0 => t.1, "kind" => "binary"),
             frames_out_control: counter!("sluice_frames_out_total", t.0 => t.1, "kind" => "control"),
-            bytes_out: counter!("sluice_bytes_out_total", t.0 => t.1),
+            bytes_out_text: counter!("sluice_bytes_out_total", t.0 => t.1, "kind" => "text"),
+            bytes_out_binary: counter!("sluice_bytes_out_total", t.0 => t.1, "kind" => "binary"),
+            bytes_out_control: counter!("sluice_bytes_out_total", t.0 => t.1, "kind" => "control"),
             writev: counter!("sluice_writev_total", t.0 => t.1),
             queue_dropped: counter!("sluice_queue_dropped_total"),
             slow_consumer_closes: counter!("sluice_slow_consumer_closes_total"),
-            idle_timeouts: counter!("sluice_idle_timeouts_total"),
+            idle_timeouts: counter!("sluice_heartbeat_timeouts_total"),
             heartbeats: counter!("sluice_heartbeats_total"),
             channels: gauge!("sluice_channels"),
             stale: counter!("sluice_stale_messages_total"),

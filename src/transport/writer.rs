@@ -71,6 +71,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             .as_ref()
             .map(|c| wire::close_payload(c.code, &c.reason));
         let (mut text, mut binary, mut control) = (0u64, 0u64, 0u64);
+        let (mut text_bytes, mut binary_bytes, mut control_bytes) = (0usize, 0usize, 0usize);
         for item in &batch.items {
             let start = headers.len();
             let (op, a, b): (WsOpcode, &[u8], &[u8]) = match item {
@@ -94,26 +95,29 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 }
             };
             wire::put_header(&mut headers, op, a.len() + b.len());
+            let size = headers.len() - start + a.len() + b.len();
+            match op {
+                WsOpcode::Text => text_bytes += size,
+                WsOpcode::Binary => binary_bytes += size,
+                _ => control_bytes += size,
+            }
             plan.push((start, headers.len(), a, b));
         }
         if let Some(p) = &close_payload {
             control += 1;
             let start = headers.len();
             wire::put_header(&mut headers, WsOpcode::Close, p.len());
+            control_bytes += headers.len() - start + p.len();
             plan.push((start, headers.len(), p, &[]));
         }
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(plan.len() * 3);
-        let mut total = 0usize;
         for (hs, he, a, b) in &plan {
             slices.push(IoSlice::new(&headers[*hs..*he]));
-            total += he - hs;
             if !a.is_empty() {
                 slices.push(IoSlice::new(a));
-                total += a.len();
             }
             if !b.is_empty() {
                 slices.push(IoSlice::new(b));
-                total += b.len();
             }
         }
         match write_all_vectored(&mut io, &mut slices, write_timeout, &metrics).await {
@@ -128,7 +132,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
         metrics.frames_out_text.increment(text);
         metrics.frames_out_binary.increment(binary);
         metrics.frames_out_control.increment(control);
-        metrics.bytes_out.increment(total as u64);
+        metrics.bytes_out_text.increment(text_bytes as u64);
+        metrics.bytes_out_binary.increment(binary_bytes as u64);
+        metrics.bytes_out_control.increment(control_bytes as u64);
         if batch.close.is_some() || batch.finished {
             let _ = io.flush().await;
             // Give the client a moment to answer our close; the reader sees it.
@@ -162,4 +168,87 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::SlowConsumerPolicy;
+    use crate::protocol::Frame;
+    use crate::transport::outbox::Limits;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn frames_control_first_then_close_then_shutdown() {
+        let outbox = Arc::new(Outbox::new(
+            Limits {
+                bulk_bytes: 1 << 20,
+                control_bytes: 1 << 20,
+                policy: SlowConsumerPolicy::Drop,
+            },
+            Metrics::new(),
+        ));
+        outbox.push_bulk(Frame {
+            opcode: Opcode::Binary,
+            head: Bytes::from_static(&[2, 1, 1]),
+            body: Bytes::from_static(b"tep"),
+        });
+        outbox.push_control(Frame {
+            opcode: Opcode::Text,
+            head: Bytes::from_static(b"[1]"),
+            body: Bytes::new(),
+        });
+        outbox.close(1012, "bye");
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let done = CancellationToken::new();
+        done.cancel(); // no reader: do not linger
+        let exit = run(server, outbox, done, Duration::from_secs(5), Metrics::new()).await;
+        assert_eq!(exit, WriterExit::Closed);
+        let mut bytes = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut bytes).await.unwrap();
+        // close() discards queued bulk frames; the reply goes out, then the close.
+        assert_eq!(
+            bytes,
+            [&[0x81, 3][..], b"[1]", &[0x88, 5, 0x03, 0xf4], b"bye"].concat()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_wakeup_writes_every_queued_frame() {
+        let outbox = Arc::new(Outbox::new(
+            Limits {
+                bulk_bytes: 1 << 20,
+                control_bytes: 1 << 20,
+                policy: SlowConsumerPolicy::Drop,
+            },
+            Metrics::new(),
+        ));
+        for i in 0..100u8 {
+            outbox.push_bulk(Frame {
+                opcode: Opcode::Binary,
+                head: Bytes::new(),
+                body: Bytes::from(vec![i; 200]),
+            });
+        }
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let done = CancellationToken::new();
+        let writer = tokio::spawn(run(
+            server,
+            outbox.clone(),
+            done.clone(),
+            Duration::from_secs(5),
+            Metrics::new(),
+        ));
+        let mut buf = vec![0u8; 100 * 204];
+        client.read_exact(&mut buf).await.unwrap();
+        for (i, frame) in buf.chunks(204).enumerate() {
+            assert_eq!(&frame[..4], &[0x82, 126, 0, 200]);
+            assert!(frame[4..].iter().all(|&b| b == i as u8));
+        }
+        done.cancel();
+        assert_eq!(writer.await.unwrap(), WriterExit::ReaderGone);
+    }
 }
