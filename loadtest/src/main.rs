@@ -1,3 +1,49 @@
-//! sluice-load: load generator for Sluice and other Phoenix Channels servers (in progress).
+//! sluice-load: the command line. Parses options, builds the runtime, runs
+//! one scenario, prints its summary; nothing else (see the library).
+//!
+//! Exit codes: 0 ok; 1 errors were counted (unless `--allow-errors`);
+//! 64 bad options or an unusable URL; 70 the runtime could not start.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice_load::{Cli, Error};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = cli.threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice-load: cannot start the runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    let result = runtime.block_on(sluice_load::run(&cli.common, &cli.scenario));
+    // Connection tasks are all finished or aborted by now; don't wait on stragglers.
+    runtime.shutdown_background();
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e @ (Error::Invalid(_) | Error::Target(_))) => {
+            eprintln!("sluice-load: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    if cli.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{}", summary.to_table());
+    }
+    if summary.errors > 0 && !cli.allow_errors {
+        eprintln!(
+            "sluice-load: {} errors (pass --allow-errors to exit 0 anyway)",
+            summary.errors
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,244 @@
+//! sluice-load: a load generator for Sluice and other Phoenix Channels
+//! servers, speaking the vsn 2.0.0 wire protocol (JSON text frames and binary
+//! frames) over fastwebsockets.
+//!
+//! # Layout
+//! * [`codec`]: sans-IO client codec: encode pushes, decode server frames.
+//! * [`client`]: URL and token, the WebSocket handshake over hyper, one
+//!   connection's read and write halves, join and heartbeat.
+//! * [`harness`]: the run every scenario shares: one task per connection,
+//!   bounded setup, the warmup → measure → grace timeline, hard deadline.
+//! * [`stats`]: per-connection counters, error kinds and latency histogram.
+//! * [`report`]: the [`Summary`], as JSON or as a table.
+//! * [`scenarios`]: one module per scenario ([`scenarios::echo`],
+//!   [`scenarios::broadcast`]).
+//!
+//! # Embedding
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice_load::Error> {
+//! use clap::Parser;
+//! let cli = sluice_load::Cli::parse_from(["sluice-load", "--token", "T", "echo", "--window", "4"]);
+//! let summary = sluice_load::run(&cli.common, &cli.scenario).await?;
+//! println!("{}", summary.to_json());
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod codec;
+pub mod harness;
+pub mod report;
+pub mod scenarios;
+pub mod stats;
+
+use std::time::Duration;
+
+pub use report::Summary;
+pub use scenarios::{broadcast::BroadcastArgs, echo::EchoArgs};
+
+use crate::client::{Target, TargetError};
+use crate::harness::SetupLimits;
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL is unusable or does not resolve.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// A parameter is out of range.
+    #[error("invalid parameter: {0}")]
+    Invalid(String),
+}
+
+/// The command line.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "sluice-load",
+    version,
+    about = "Load generator for Sluice and other Phoenix Channels servers"
+)]
+pub struct Cli {
+    /// Options every scenario takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// Print one JSON object to stdout instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Exit 0 even when errors were counted.
+    #[arg(long, global = true)]
+    pub allow_errors: bool,
+    /// Worker threads of the runtime (default: the CPUs this process may use).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// The scenario.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// A scenario and its own options.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Scenario {
+    /// C connections, each joined to `echo:load-<i>`, each keeping W requests in flight.
+    Echo(EchoArgs),
+    /// S subscribers joined to one room, one publisher pushing into it.
+    Broadcast(BroadcastArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Socket URL; `vsn=2.0.0` and the token are appended to its query.
+    #[arg(
+        long,
+        global = true,
+        default_value = "ws://127.0.0.1:4000/socket/websocket"
+    )]
+    pub url: String,
+    /// Socket token (Phoenix.Token), sent as `?token=`.
+    #[arg(long, global = true, conflicts_with = "secret_key_base")]
+    pub token: Option<String>,
+    /// Mint the token with this secret_key_base instead of passing --token.
+    #[arg(long, global = true)]
+    pub secret_key_base: Option<String>,
+    /// Salt for a minted token.
+    #[arg(long, global = true, default_value = sluice::token::SOCKET_SALT)]
+    pub token_salt: String,
+    /// User id of a minted token.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub user: i64,
+    /// Connections (echo) or subscribers (broadcast).
+    #[arg(long, short = 'c', global = true, default_value_t = 1)]
+    pub connections: usize,
+    /// How long to measure, after the warmup (e.g. 10s, 500ms, 1m).
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Traffic before measuring starts.
+    #[arg(long, global = true, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Longest wait for an answer; also the grace after the end for the last ones.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Longest one connection's handshake and join may take.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Most handshakes in progress at once.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub connect_concurrency: usize,
+}
+
+impl Common {
+    /// The options with their defaults, for `url` (tests and embedding).
+    pub fn with_url(url: &str) -> Common {
+        Common {
+            url: url.to_owned(),
+            token: None,
+            secret_key_base: None,
+            token_salt: sluice::token::SOCKET_SALT.to_owned(),
+            user: 1,
+            connections: 1,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            connect_concurrency: 64,
+        }
+    }
+
+    /// Check the ranges every scenario relies on.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.connections == 0 {
+            return Err(Error::Invalid("--connections must be at least 1".into()));
+        }
+        if self.duration.is_zero() {
+            return Err(Error::Invalid("--duration must be positive".into()));
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::Invalid("timeouts must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The token to present: `--token`, else one minted with `--secret-key-base`.
+    pub fn token(&self) -> Option<String> {
+        match (&self.token, &self.secret_key_base) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(secret)) => Some(client::mint_token(
+                secret,
+                &self.token_salt,
+                i128::from(self.user),
+            )),
+            (None, None) => None,
+        }
+    }
+
+    /// Resolve the URL once for every connection.
+    pub async fn target(&self) -> Result<Target, Error> {
+        Ok(Target::resolve(&self.url, self.token().as_deref()).await?)
+    }
+
+    /// Setup limits for the [`harness`].
+    pub fn setup_limits(&self) -> SetupLimits {
+        SetupLimits {
+            concurrency: self.connect_concurrency,
+            timeout: self.connect_timeout,
+        }
+    }
+}
+
+/// Run one scenario to completion and summarize it. Bounded in time: setup
+/// (each connection at most `--connect-timeout`), warmup, duration, then at
+/// most `--timeout` of grace.
+pub async fn run(common: &Common, scenario: &Scenario) -> Result<Summary, Error> {
+    common.validate()?;
+    match scenario {
+        Scenario::Echo(args) => scenarios::echo::run(common, args).await,
+        Scenario::Broadcast(args) => scenarios::broadcast::run(common, args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn cli_parses_common_options_anywhere() {
+        let cli = Cli::try_parse_from([
+            "sluice-load",
+            "--connections",
+            "3",
+            "echo",
+            "--window",
+            "4",
+            "--binary",
+            "--duration",
+            "1s",
+            "--json",
+        ])
+        .expect("parses");
+        assert_eq!(cli.common.connections, 3);
+        assert_eq!(cli.common.duration, Duration::from_secs(1));
+        assert_eq!(cli.common.warmup, Duration::from_secs(2));
+        assert!(cli.json);
+        let Scenario::Echo(e) = &cli.scenario else {
+            panic!("echo")
+        };
+        assert_eq!((e.window, e.size, e.binary), (4, 20, true));
+
+        let cli = Cli::try_parse_from(["sluice-load", "broadcast", "--rate", "0", "-c", "10"])
+            .expect("parses");
+        let Scenario::Broadcast(b) = &cli.scenario else {
+            panic!("broadcast")
+        };
+        assert_eq!((b.rate, b.max_lag, cli.common.connections), (0, 64, 10));
+        assert!(Cli::try_parse_from([
+            "sluice-load",
+            "--token",
+            "t",
+            "--secret-key-base",
+            "s",
+            "echo"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! Runs both scenarios through the library API against the real Sluice
+//! server, in process on 127.0.0.1:0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice::channel::{Channel, ChannelError, ChannelHandle, ChannelKind, Outcome};
+use sluice::config::Config;
+use sluice::protocol::{Payload, Topic};
+use sluice::router::RouteSpec;
+use sluice_load::{BroadcastArgs, Common, EchoArgs, Scenario};
+use tokio::sync::oneshot;
+
+const SECRET: &str = "loadtest-smoke-secret-key-base-0123456789";
+
+struct Server {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), sluice::Error>>,
+}
+
+/// A channel that accepts every join and never answers a push.
+struct Silent;
+
+impl ChannelKind for Silent {
+    fn create(&self, _topic: &Topic) -> Box<dyn Channel> {
+        Box::new(Silent)
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for Silent {
+    async fn handle_in(
+        &mut self,
+        _ch: &ChannelHandle,
+        _event: &str,
+        _payload: Payload,
+    ) -> Result<Outcome, ChannelError> {
+        Ok(Outcome::NoReply)
+    }
+}
+
+async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.drain_grace = Duration::from_secs(5);
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let server = sluice::Sluice::new(config)
+        .channel_kind("silent", Arc::new(Silent))
+        .secrets(SECRET, "api-key");
+    let task = tokio::spawn(server.run(listener, async move {
+        let _ = rx.await;
+    }));
+    Server { addr, stop, task }
+}
+
+impl Server {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server drains in time")
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+fn common(addr: SocketAddr, connections: usize) -> Common {
+    let mut c = Common::with_url(&format!("ws://{addr}/socket/websocket"));
+    c.secret_key_base = Some(SECRET.to_owned());
+    c.connections = connections;
+    c.duration = Duration::from_secs(1);
+    c.warmup = Duration::from_millis(200);
+    c.timeout = Duration::from_secs(2);
+    c
+}
+
+/// The JSON summary, with the checks every scenario must pass.
+fn check(summary: &sluice_load::Summary) -> Value {
+    let v: Value = serde_json::from_str(&summary.to_json()).expect("summary is JSON");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["timeouts"], 0, "{v}");
+    assert!(v["received"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["rate"].as_f64().unwrap() > 0.0, "{v}");
+    let latency = &v["latency_us"];
+    for field in ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"] {
+        assert!(latency[field].is_number(), "latency_us.{field} in {v}");
+    }
+    assert!(latency["p50"].as_u64() <= latency["max"].as_u64(), "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_and_broadcast_against_sluice() {
+    let server = start().await;
+
+    let started = std::time::Instant::now();
+    let echo = Scenario::Echo(EchoArgs {
+        window: 2,
+        ..EchoArgs::default()
+    });
+    let summary = sluice_load::run(&common(server.addr, 2), &echo)
+        .await
+        .expect("echo runs");
+    let v = check(&summary);
+    assert_eq!(v["scenario"], "echo");
+    assert_eq!(v["connections"]["established"], 2);
+    assert_eq!(v["sent"], v["received"], "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "echo is bounded in time"
+    );
+
+    let binary = Scenario::Echo(EchoArgs {
+        size: 1024,
+        binary: true,
+        ..EchoArgs::default()
+    });
+    let summary = sluice_load::run(&common(server.addr, 1), &binary)
+        .await
+        .expect("binary echo runs");
+    assert_eq!(check(&summary)["params"]["encoding"], "binary");
+
+    let broadcast = Scenario::Broadcast(BroadcastArgs {
+        rate: 200,
+        ..BroadcastArgs::default()
+    });
+    let started = std::time::Instant::now();
+    let summary = sluice_load::run(&common(server.addr, 3), &broadcast)
+        .await
+        .expect("broadcast runs");
+    let v = check(&summary);
+    assert_eq!(v["scenario"], "broadcast");
+    assert_eq!(
+        v["connections"]["established"], 4,
+        "3 subscribers + the publisher"
+    );
+    // 200 msgs/s for 1 s, each delivered to all 3 subscribers.
+    let sent = v["sent"].as_u64().unwrap();
+    assert!((190..=210).contains(&sent), "{v}");
+    assert_eq!(v["expected"].as_u64(), Some(sent * 3), "{v}");
+    assert_eq!(v["received"], v["expected"], "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "broadcast is bounded in time"
+    );
+
+    let flat_out = Scenario::Broadcast(BroadcastArgs {
+        rate: 0,
+        binary: true,
+        ..BroadcastArgs::default()
+    });
+    let summary = sluice_load::run(&common(server.addr, 3), &flat_out)
+        .await
+        .expect("flat-out broadcast runs");
+    check(&summary);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_connections_are_errors_not_hangs() {
+    let server = start().await;
+    let mut c = common(server.addr, 2);
+    c.secret_key_base = Some("a-different-secret-key-base-0123456789".into());
+    let summary = sluice_load::run(&c, &Scenario::Echo(EchoArgs::default()))
+        .await
+        .expect("runs");
+    assert_eq!(summary.errors, 2);
+    assert_eq!(summary.error_kinds.get("connect"), Some(&2));
+    assert_eq!(summary.connections.established, 0);
+    assert!(summary.latency_us.is_none());
+    assert!(
+        summary.first_error.as_deref().unwrap_or("").contains("403"),
+        "{:?}",
+        summary.first_error
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unanswered_pushes_are_timeouts_and_a_stall_error() {
+    // Route the echo topics to a channel that never replies.
+    let server = start_with(|c| {
+        c.routes
+            .insert(0, RouteSpec::parse("echo:*=silent/authenticated").unwrap());
+    })
+    .await;
+    let mut c = common(server.addr, 2);
+    c.warmup = Duration::ZERO;
+    c.timeout = Duration::from_millis(300);
+    let args = EchoArgs {
+        window: 3,
+        ..EchoArgs::default()
+    };
+    let started = std::time::Instant::now();
+    let summary = sluice_load::run(&c, &Scenario::Echo(args))
+        .await
+        .expect("runs");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by duration + timeout"
+    );
+    assert_eq!(summary.connections.established, 2);
+    assert_eq!(summary.sent, 6, "each connection filled its window once");
+    assert_eq!(summary.received, 0);
+    assert_eq!(summary.timeouts, 6);
+    assert_eq!(summary.error_kinds.get("stalled"), Some(&2));
+    assert!(summary.latency_us.is_none());
+    server.stop().await;
+}
