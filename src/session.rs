@@ -102,6 +102,17 @@ impl Session {
         self.outbox.push_control(frame);
     }
 
+    /// Reply `ok` `{}` to `msg` with its own refs (leave, heartbeat).
+    fn ack(&self, msg: &Message) {
+        self.reply(
+            msg.join_ref.as_ref(),
+            msg.ref_.as_ref(),
+            msg.topic.as_str(),
+            "ok",
+            &Payload::empty(),
+        );
+    }
+
     /// `phx_close` / `phx_error`: join_ref = ref = the join's join_ref.
     fn control_event(&self, join_ref: Option<&Ref>, topic: &str, event: &str, payload: &[u8]) {
         let json = Bytes::copy_from_slice(payload);
@@ -242,13 +253,7 @@ impl Session {
     async fn leave(&mut self, msg: Message) {
         let topic = msg.topic.clone();
         let Some(joined) = self.channels.get(&topic) else {
-            self.reply(
-                msg.join_ref.as_ref(),
-                msg.ref_.as_ref(),
-                topic.as_str(),
-                "ok",
-                &Payload::empty(),
-            );
+            self.ack(&msg);
             return;
         };
         if Self::is_stale(&msg, joined) {
@@ -259,13 +264,7 @@ impl Session {
             return;
         };
         Self::end_channel(&self.app, self.id, &mut joined, Terminate::Leave).await;
-        self.reply(
-            msg.join_ref.as_ref(),
-            msg.ref_.as_ref(),
-            topic.as_str(),
-            "ok",
-            &Payload::empty(),
-        );
+        self.ack(&msg);
         self.control_event(joined.join_ref.as_ref(), topic.as_str(), "phx_close", b"{}");
     }
 

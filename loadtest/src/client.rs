@@ -323,6 +323,23 @@ pub async fn recv(reader: &mut Reader) -> Result<Inbound, ConnError> {
     }
 }
 
+/// Decode an inbound data message; a ping is handed to `pings` (answered by
+/// the writer side) and yields `None`; a close ends the connection.
+pub fn decode<'a>(
+    inbound: &'a Inbound,
+    pings: &tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<Option<crate::codec::ServerMsg<'a>>, ConnError> {
+    match inbound {
+        Inbound::Text(p) => Ok(Some(crate::codec::decode_text(p)?)),
+        Inbound::Binary(p) => Ok(Some(crate::codec::decode_binary(p)?)),
+        Inbound::Ping(p) => {
+            let _ = pings.try_send(p.to_vec());
+            Ok(None)
+        }
+        Inbound::Close(code) => Err(ConnError::Closed(*code)),
+    }
+}
+
 /// Send one message from `buf` (masked in place: `buf` is garbage afterwards).
 pub async fn send(
     writer: &mut Writer,

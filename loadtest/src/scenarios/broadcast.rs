@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::client::{self, Conn, ConnError, Inbound, Reader, Writer};
+use crate::client::{self, Conn, ConnError, Reader, Writer};
 use crate::codec::{self, Body, Encoding, Kind};
 use crate::harness::{self, Gate, Phases, Run};
 use crate::report::{per_second, Params, Summary};
@@ -337,14 +337,8 @@ async fn deliveries(
     let (from, end) = (phases.ns(phases.measure_from), phases.ns(phases.end));
     loop {
         let inbound = client::recv(reader).await?;
-        let msg = match &inbound {
-            Inbound::Text(p) => codec::decode_text(p)?,
-            Inbound::Binary(p) => codec::decode_binary(p)?,
-            Inbound::Ping(p) => {
-                let _ = pings.try_send(p.to_vec());
-                continue;
-            }
-            Inbound::Close(code) => return Err(ConnError::Closed(*code)),
+        let Some(msg) = client::decode(&inbound, pings)? else {
+            continue;
         };
         if msg.topic != cfg.topic {
             continue;
@@ -538,14 +532,8 @@ async fn drain(
 ) -> Result<(), ConnError> {
     loop {
         let inbound = client::recv(reader).await?;
-        let msg = match &inbound {
-            Inbound::Text(p) => codec::decode_text(p)?,
-            Inbound::Binary(p) => codec::decode_binary(p)?,
-            Inbound::Ping(p) => {
-                let _ = pings.try_send(p.to_vec());
-                continue;
-            }
-            Inbound::Close(code) => return Err(ConnError::Closed(*code)),
+        let Some(msg) = client::decode(&inbound, pings)? else {
+            continue;
         };
         if msg.topic != cfg.topic {
             continue;
