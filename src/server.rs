@@ -113,7 +113,10 @@ async fn close_sockets(app: &App) {
     let deadline = tokio::time::Instant::now() + cfg.drain_grace;
     for (i, batch) in sockets.chunks(cfg.drain_batch_size).enumerate() {
         if i > 0 {
-            tokio::time::sleep(cfg.drain_batch_interval).await;
+            tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + cfg.drain_batch_interval),
+            )
+            .await;
         }
         for outbox in batch {
             outbox.close(close_code::RESTART, "server restart");
@@ -122,6 +125,11 @@ async fn close_sockets(app: &App) {
     }
     while app.live_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        // A socket that was being accepted when the drain started registers
+        // late: close it too (closing twice is a no-op).
+        for outbox in app.live_sockets() {
+            outbox.close(close_code::RESTART, "server restart");
+        }
     }
 }
 

@@ -120,7 +120,9 @@ impl Session {
             Format::V1 => protocol::v1::encode_message(join_ref, topic, event, &json),
             Format::V2 => protocol::v2::encode_message(join_ref, join_ref, topic, event, &json),
         };
-        self.outbox.push_control(frame);
+        // Ordered after the channel's pushes queued before it (Phoenix keeps one
+        // FIFO per socket; a client drops pushes for a channel it saw close).
+        self.outbox.push_bulk_ordered(frame);
     }
 
     /// Handle one inbound message.
@@ -205,7 +207,16 @@ impl Session {
             outbox: self.outbox.clone(),
             pubsub: self.app.pubsub.clone(),
         };
-        let mut channel = route.kind.create(&topic);
+        let kind = route.kind.clone();
+        let created = std::panic::catch_unwind(AssertUnwindSafe(|| kind.create(&topic)));
+        let Ok(mut channel) = created else {
+            metrics::join("crashed");
+            self.app.metrics.crashes.increment(1);
+            tracing::error!(socket = self.id, %topic, kind = %route.kind_name, "ChannelKind::create panicked");
+            self.reply(jr, r, topic.as_str(), "error", &reason("join crashed"));
+            close_old(self);
+            return;
+        };
         let result = AssertUnwindSafe(channel.join(&handle, msg.payload))
             .catch_unwind()
             .await;

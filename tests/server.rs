@@ -33,6 +33,15 @@ impl ChannelKind for Scripted {
 
 struct ScriptedChannel;
 
+/// A kind whose factory panics: the join must fail cleanly.
+struct Exploding;
+
+impl ChannelKind for Exploding {
+    fn create(&self, _topic: &Topic) -> Box<dyn Channel> {
+        panic!("factory panics")
+    }
+}
+
 #[async_trait::async_trait]
 impl Channel for ScriptedChannel {
     async fn join(&mut self, ch: &ChannelHandle, _payload: Payload) -> Result<Payload, JoinError> {
@@ -65,6 +74,10 @@ impl Channel for ScriptedChannel {
                 ch.push("pushed", &payload);
                 Ok(Outcome::NoReply)
             }
+            "push_then_stop" => {
+                ch.push("last words", &payload);
+                Ok(Outcome::Stop { reply: None })
+            }
             _ => Ok(Outcome::ok(payload)),
         }
     }
@@ -79,9 +92,12 @@ struct Server {
 async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config
-        .routes
-        .push(RouteSpec::parse("scripted:*=scripted/authenticated").unwrap());
+    for route in [
+        "scripted:*=scripted/authenticated",
+        "boom:*=exploding/authenticated",
+    ] {
+        config.routes.push(RouteSpec::parse(route).unwrap());
+    }
     config.drain_grace = Duration::from_secs(5);
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
@@ -89,6 +105,7 @@ async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     let (tx, rx) = oneshot::channel::<()>();
     let server = sluice::Sluice::new(config)
         .channel_kind("scripted", Arc::new(Scripted))
+        .channel_kind("exploding", Arc::new(Exploding))
         .secrets(SECRET, "api-key");
     let task = tokio::spawn(server.run(listener, async move {
         let _ = rx.await;
@@ -225,6 +242,35 @@ async fn custom_channel_lifecycle_follows_phoenix() {
         next_json(&mut ws).await,
         json!(["8", "8", "scripted:a", "phx_close", {}])
     );
+    // A push made right before stopping reaches the client before phx_close.
+    send(&mut ws, json!(["13", "13", "scripted:a", "phx_join", {}])).await;
+    next_json(&mut ws).await;
+    send(
+        &mut ws,
+        json!(["13", "14", "scripted:a", "push_then_stop", {"z": 3}]),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!(["13", null, "scripted:a", "last words", {"z": 3}])
+    );
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!(["13", "13", "scripted:a", "phx_close", {}])
+    );
+    // WebSocket pings are answered with the same payload.
+    ws.send(Message::Ping(b"abc".to_vec())).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Pong(p) = msg {
+            assert_eq!(p, b"abc");
+            break;
+        }
+    }
     // Refused and panicking joins.
     send(
         &mut ws,
@@ -243,6 +289,11 @@ async fn custom_channel_lifecycle_follows_phoenix() {
     assert_eq!(
         next_json(&mut ws).await,
         json!(["11", "11", "scripted:joinpanic", "phx_reply", {"response": {"reason": "join crashed"}, "status": "error"}])
+    );
+    send(&mut ws, json!(["12", "12", "boom:1", "phx_join", {}])).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!(["12", "12", "boom:1", "phx_reply", {"response": {"reason": "join crashed"}, "status": "error"}])
     );
     // The socket survived all of it.
     send(&mut ws, json!([null, "12", "phoenix", "heartbeat", {}])).await;

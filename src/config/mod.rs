@@ -321,6 +321,24 @@ impl Config {
 
     /// Cross-field checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("write_timeout", self.write_timeout),
+            ("drain_grace", self.drain_grace),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Conflict {
+                    key,
+                    reason: "must be greater than zero".into(),
+                });
+            }
+        }
+        if self.max_connections > 1_000_000 {
+            return Err(ConfigError::Conflict {
+                key: "max_connections",
+                reason: "at most 1000000".into(),
+            });
+        }
         if self.control_queue_bytes < 64 * 1024 {
             return Err(ConfigError::Conflict {
                 key: "control_queue_bytes",

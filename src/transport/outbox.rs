@@ -59,12 +59,17 @@ pub enum Item {
     CloseEcho(Bytes),
 }
 
+/// Bytes charged per queued control item on top of its payload, so that
+/// empty items (an empty pong) still count against `control_queue_bytes`.
+const ITEM_OVERHEAD: usize = 64;
+
 impl Item {
     fn len(&self) -> usize {
-        match self {
-            Item::Frame(f) => f.len(),
-            Item::Pong(b) | Item::CloseEcho(b) => b.len(),
-        }
+        ITEM_OVERHEAD
+            + match self {
+                Item::Frame(f) => f.len(),
+                Item::Pong(b) | Item::CloseEcho(b) => b.len(),
+            }
     }
 }
 
@@ -172,6 +177,16 @@ impl Outbox {
             if s.closing {
                 return false;
             }
+            // RFC 6455 §5.5.3: answering only the latest ping is enough, so at
+            // most one pong waits at a time.
+            if let Item::Pong(payload) = &item {
+                if let Some(Item::Pong(queued)) =
+                    s.control.iter_mut().find(|i| matches!(i, Item::Pong(_)))
+                {
+                    *queued = payload.clone();
+                    return true;
+                }
+            }
             if matches!(item, Item::CloseEcho(_)) {
                 s.closing = true;
                 s.close_echo_queued = true;
@@ -219,12 +234,27 @@ impl Outbox {
             PushOutcome::Dropped => self.metrics.queue_dropped.increment(1),
             PushOutcome::Disconnected => {
                 self.metrics.slow_consumer_closes.increment(1);
-                crate::metrics::disconnect("slow_consumer");
                 self.writer.notify_one();
             }
             _ => {}
         }
         outcome
+    }
+
+    /// Queue a frame on the bulk lane that must not be dropped and must stay
+    /// behind the pushes queued before it (`phx_close`, `phx_error`). It
+    /// ignores the lane's bound: at most one such frame exists per channel event.
+    pub fn push_bulk_ordered(&self, frame: Frame) -> bool {
+        {
+            let mut s = self.lock();
+            if s.closing {
+                return false;
+            }
+            s.bulk_bytes += frame.len();
+            s.bulk.push_back(frame);
+        }
+        self.writer.notify_one();
+        true
     }
 
     /// Ask the writer to close the socket with `code` after the queued control
@@ -393,6 +423,34 @@ mod tests {
         assert_eq!(o.push_bulk(frame(1)), PushOutcome::Closed);
         let b = o.take();
         assert_eq!(b.close.unwrap().code, close_code::TRY_AGAIN_LATER);
+    }
+
+    #[test]
+    fn pongs_coalesce_and_empty_items_count() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        for i in 0..1000u32 {
+            assert!(o.push_control_item(Item::Pong(Bytes::from(i.to_be_bytes().to_vec()))));
+        }
+        let b = o.take();
+        assert_eq!(b.items.len(), 1, "one pending pong at most");
+        assert!(matches!(&b.items[0], Item::Pong(p) if p[..] == 999u32.to_be_bytes()));
+        assert!(o.push_control(Frame {
+            opcode: Opcode::Text,
+            head: Bytes::new(),
+            body: Bytes::new()
+        }));
+        assert_eq!(o.lock().control_bytes, ITEM_OVERHEAD);
+    }
+
+    #[test]
+    fn ordered_bulk_frames_are_never_dropped() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        assert_eq!(o.push_bulk(frame(90)), PushOutcome::Queued);
+        assert_eq!(o.push_bulk(frame(90)), PushOutcome::Dropped);
+        assert!(o.push_bulk_ordered(frame(2)));
+        let b = o.take();
+        assert_eq!(b.items.len(), 2);
+        assert!(matches!(&b.items[1], Item::Frame(f) if f.len() == 2));
     }
 
     #[test]

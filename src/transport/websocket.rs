@@ -13,17 +13,22 @@
 //! * Every way a socket ends is counted once in `sluice_disconnects_total`.
 
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fastwebsockets::{OpCode, Role, WebSocketError};
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -112,6 +117,42 @@ pub fn upgrade(
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
+/// A reader that records when bytes last arrived, so the idle timeout
+/// measures silence rather than the length of one slow frame.
+struct Tracked<R> {
+    inner: R,
+    base: tokio::time::Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Tracked<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// Resolves once nothing was read for `timeout`. Cancel-safe.
+async fn silence(base: tokio::time::Instant, last_ms: &AtomicU64, timeout: std::time::Duration) {
+    loop {
+        let deadline =
+            base + std::time::Duration::from_millis(last_ms.load(Ordering::Relaxed)) + timeout;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
 /// Why the reader stopped (a bounded label).
 #[derive(Debug, Clone, Copy)]
 enum End {
@@ -122,6 +163,7 @@ enum End {
     TooBig,
     Protocol,
     ServerClose,
+    Panic,
 }
 
 impl End {
@@ -134,6 +176,7 @@ impl End {
             End::TooBig => "too_big",
             End::Protocol => "protocol_error",
             End::ServerClose => "server_close",
+            End::Panic => "panic",
         }
     }
 }
@@ -187,8 +230,31 @@ async fn run_socket<R, W>(
         outbox.clone(),
         app.clone(),
     );
-    let end = read_loop(&app, read, &outbox, &mut session, info.format, &done).await;
-    session.shutdown().await;
+    // Teardown below must run whatever happens in the session, so a panic in
+    // user channel code is caught here and counted.
+    let end = AssertUnwindSafe(read_loop(
+        &app,
+        read,
+        &outbox,
+        &mut session,
+        info.format,
+        &done,
+    ))
+    .catch_unwind()
+    .await
+    .unwrap_or_else(|_| {
+        app.metrics.crashes.increment(1);
+        tracing::error!(socket = id, "session panicked; closing the socket");
+        outbox.close(close_code::INTERNAL, "internal error");
+        End::Panic
+    });
+    if AssertUnwindSafe(session.shutdown())
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::error!(socket = id, "session shutdown panicked");
+    }
     app.unregister(id);
     done.cancel();
     let _ = writer.await;
@@ -206,16 +272,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
     done: &CancellationToken,
 ) -> End {
     let cfg = &app.config;
+    let base = tokio::time::Instant::now();
+    let last_ms = Arc::new(AtomicU64::new(0));
+    let read = Tracked {
+        inner: read,
+        base,
+        last_ms: last_ms.clone(),
+    };
     let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     // fastwebsockets refuses a frame when `len >= max`; ours is inclusive.
     ws.set_max_message_size(cfg.max_frame_bytes.saturating_add(1));
-    ws.set_auto_pong(true);
+    // Pings come back to this loop (not answered inside read_frame), so each
+    // one waits for control-lane room like any other input.
+    ws.set_auto_pong(false);
     ws.set_auto_close(true);
     let mut reassembler = Reassembler::new(cfg.max_frame_bytes);
     let obligations = outbox.clone();
     let mut send_fn = move |frame: fastwebsockets::Frame<'_>| {
         let item = match frame.opcode {
-            OpCode::Pong => Some(Item::Pong(payload_bytes(frame.payload))),
             OpCode::Close => Some(Item::CloseEcho(payload_bytes(frame.payload))),
             _ => None,
         };
@@ -232,7 +306,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         let frame = tokio::select! {
             r = ws.read_frame(&mut send_fn) => r,
-            _ = tokio::time::sleep(cfg.idle_timeout) => {
+            _ = silence(base, &last_ms, cfg.idle_timeout) => {
                 m.idle_timeouts.increment(1);
                 outbox.close(close_code::GOING_AWAY, "idle timeout");
                 return End::Idle;
@@ -245,7 +319,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         let kind = match frame.opcode {
             OpCode::Close => return End::ClientClose,
-            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Ping => {
+                outbox.push_control_item(Item::Pong(payload_bytes(frame.payload)));
+                continue;
+            }
+            OpCode::Pong => continue,
             OpCode::Text => Kind::Text,
             OpCode::Binary => Kind::Binary,
             OpCode::Continuation => Kind::Continuation,

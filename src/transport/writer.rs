@@ -125,7 +125,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
             Err(WriteFail::Io) => break WriterExit::WriteError,
             Err(WriteFail::Stalled) => {
                 metrics.slow_consumer_closes.increment(1);
-                crate::metrics::disconnect("write_stalled");
                 break WriterExit::Stalled;
             }
         }
@@ -136,13 +135,15 @@ pub async fn run<W: AsyncWrite + Unpin>(
         metrics.bytes_out_binary.increment(binary_bytes as u64);
         metrics.bytes_out_control.increment(control_bytes as u64);
         if batch.close.is_some() || batch.finished {
-            let _ = io.flush().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
             // Give the client a moment to answer our close; the reader sees it.
             let _ = tokio::time::timeout(CLOSE_LINGER, reader_done.cancelled()).await;
             break WriterExit::Closed;
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    // Nothing more will be written: refuse further pushes and wake any waiter.
+    outbox.close(super::outbox::close_code::INTERNAL, "writer gone");
     reader_done.cancel();
     exit
 }
