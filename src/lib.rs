@@ -14,6 +14,7 @@
 //! * [`router`]: topic patterns → channel kinds and join rules.
 //! * [`pubsub`]: local fan-out, encode once, share bytes.
 //! * [`metrics`]: metric families with bounded labels.
+//! * [`stream`]: file streaming building blocks (chunk plans, safe paths).
 //!
 //! # Embedding
 //! ```no_run
@@ -41,6 +42,7 @@ pub mod pubsub;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod stream;
 pub mod token;
 pub mod transport;
 
