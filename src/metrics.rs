@@ -168,6 +168,10 @@ pub struct Metrics {
     pub unmatched: Counter,
     /// Channel crashes.
     pub crashes: Counter,
+    /// Broadcasts from channels (e.g. room pushes).
+    pub broadcasts_channel: Counter,
+    /// Broadcasts from POST /api/broadcast.
+    pub broadcasts_api: Counter,
     /// Broadcast deliveries.
     pub deliveries: Counter,
     /// Broadcast fan-out time.
@@ -200,6 +204,8 @@ impl Metrics {
             stale: counter!("sluice_stale_messages_total"),
             unmatched: counter!("sluice_unmatched_total"),
             crashes: counter!("sluice_channel_crashes_total"),
+            broadcasts_channel: counter!("sluice_broadcasts_total", "origin" => "channel"),
+            broadcasts_api: counter!("sluice_broadcasts_total", "origin" => "api"),
             deliveries: counter!("sluice_deliveries_total"),
             fanout_seconds: histogram!("sluice_broadcast_fanout_seconds"),
         }
@@ -235,11 +241,6 @@ pub fn disconnect(reason: &'static str) {
 /// Count `n` sockets closed for one reason.
 pub fn disconnect_many(reason: &'static str, n: u64) {
     counter!("sluice_server_closes_total", "reason" => reason).increment(n);
-}
-
-/// Count a broadcast by origin.
-pub fn broadcast(origin: &'static str) {
-    counter!("sluice_broadcasts_total", "origin" => origin).increment(1);
 }
 
 /// Count an API request by result.

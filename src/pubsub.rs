@@ -30,15 +30,6 @@ pub enum Origin {
     Api,
 }
 
-impl Origin {
-    fn label(self) -> &'static str {
-        match self {
-            Origin::Channel => "channel",
-            Origin::Api => "api",
-        }
-    }
-}
-
 struct Subscriber {
     id: u64,
     format: Format,
@@ -109,7 +100,10 @@ impl PubSub {
         origin: Origin,
     ) -> Delivery {
         let started = Instant::now();
-        crate::metrics::broadcast(origin.label());
+        match origin {
+            Origin::Channel => self.metrics.broadcasts_channel.increment(1),
+            Origin::Api => self.metrics.broadcasts_api.increment(1),
+        }
         let mut delivery = Delivery::default();
         // Encoded lazily, once per format: [V1, V2].
         let mut encoded: [Option<Option<Frame>>; 2] = [None, None];

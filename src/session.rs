@@ -114,8 +114,14 @@ impl Session {
     }
 
     /// `phx_close` / `phx_error`: join_ref = ref = the join's join_ref.
-    fn control_event(&self, join_ref: Option<&Ref>, topic: &str, event: &str, payload: &[u8]) {
-        let json = Bytes::copy_from_slice(payload);
+    fn control_event(
+        &self,
+        join_ref: Option<&Ref>,
+        topic: &str,
+        event: &str,
+        payload: &'static [u8],
+    ) {
+        let json = Bytes::from_static(payload);
         let frame: Frame = match self.format {
             Format::V1 => protocol::v1::encode_message(join_ref, topic, event, &json),
             Format::V2 => protocol::v2::encode_message(join_ref, join_ref, topic, event, &json),
