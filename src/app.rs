@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::channel::Registry;
 use crate::config::Config;
+use crate::files::Files;
 use crate::metrics::Metrics;
 use crate::pubsub::PubSub;
 use crate::router::Router;
@@ -34,6 +35,8 @@ pub struct App {
     pub api_key: String,
     /// Metric handles.
     pub metrics: Metrics,
+    /// Downloads, uploads and the raw socket.
+    pub files: Arc<Files>,
     /// Set once shutdown starts: readiness fails, new sockets are refused.
     pub draining: AtomicBool,
     sessions: Mutex<HashMap<u64, Arc<Outbox>>>,
@@ -48,6 +51,7 @@ impl App {
         registry: &Registry,
         secret: &str,
         api_key: String,
+        files: Arc<Files>,
     ) -> Result<App, String> {
         let router = Router::new(&config.routes, registry)?;
         let metrics = Metrics::new();
@@ -64,6 +68,7 @@ impl App {
             token_opts,
             api_key,
             metrics,
+            files,
             draining: AtomicBool::new(false),
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),

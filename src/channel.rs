@@ -101,8 +101,11 @@ pub enum JoinError {
     Crashed(String),
 }
 
+/// A reply computed later: resolves to the status word and the response.
+pub type LaterReply =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Cow<'static, str>, Payload)> + Send>>;
+
 /// A channel's answer to one client push.
-#[derive(Debug)]
 pub enum Outcome {
     /// Reply to the push with this status (`ok`, `error` or any other word) and response.
     Reply {
@@ -118,6 +121,42 @@ pub enum Outcome {
         /// An optional reply sent before `phx_close`.
         reply: Option<(Cow<'static, str>, Payload)>,
     },
+    /// Reply now, then run `then`: for work whose frames must reach the client
+    /// after the reply (e.g. starting a download stream).
+    ReplyThen {
+        /// The status word.
+        status: Cow<'static, str>,
+        /// The response payload.
+        response: Payload,
+        /// Runs right after the reply is queued.
+        then: Box<dyn FnOnce() + Send>,
+    },
+    /// Reply when the future resolves (e.g. once a chunk is on disk); the
+    /// socket goes on handling later messages meanwhile. The channel bounds
+    /// how many such replies it has outstanding (uploads: by the credit window).
+    Later(LaterReply),
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Reply { status, response } => f
+                .debug_struct("Reply")
+                .field("status", status)
+                .field("response", response)
+                .finish(),
+            Outcome::NoReply => f.write_str("NoReply"),
+            Outcome::Stop { reply } => f.debug_struct("Stop").field("reply", reply).finish(),
+            Outcome::ReplyThen {
+                status, response, ..
+            } => f
+                .debug_struct("ReplyThen")
+                .field("status", status)
+                .field("response", response)
+                .finish_non_exhaustive(),
+            Outcome::Later(_) => f.write_str("Later(..)"),
+        }
+    }
 }
 
 impl Outcome {

@@ -3,6 +3,7 @@
 //! | path | what |
 //! |---|---|
 //! | `{socket_path}/websocket` | Phoenix socket (WebSocket upgrade) |
+//! | `{raw_socket_path}` | raw upload socket ([`crate::files::raw`]) |
 //! | `/api/broadcast` | publish API ([`crate::api`]) |
 //! | `/healthz` | liveness: 200 while the process serves |
 //! | `/readyz` | readiness: 503 once draining |
@@ -59,8 +60,24 @@ impl Routes {
         let path = req.uri().path();
         if let Some(mount) = path.strip_suffix("/websocket") {
             if self.app.config.socket_paths.iter().any(|p| p == mount) {
-                return websocket::upgrade(self.app.clone(), req, &self.tracker, permit);
+                return websocket::upgrade(
+                    self.app.clone(),
+                    req,
+                    &self.tracker,
+                    permit,
+                    websocket::Mode::Phoenix,
+                );
             }
+        }
+        let raw = &self.app.config.raw_socket_path;
+        if !raw.is_empty() && (path == raw || path.strip_suffix("/websocket") == Some(raw)) {
+            return websocket::upgrade(
+                self.app.clone(),
+                req,
+                &self.tracker,
+                permit,
+                websocket::Mode::Raw,
+            );
         }
         match path {
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),

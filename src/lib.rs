@@ -15,13 +15,14 @@
 //! * [`pubsub`]: local fan-out, encode once, share bytes.
 //! * [`metrics`]: metric families with bounded labels.
 //! * [`stream`]: file streaming building blocks (chunk plans, safe paths).
+//! * [`files`]: the `files` channel (zero-copy downloads, windowed uploads) and the raw socket.
 //!
 //! # Embedding
 //! ```no_run
 //! # async fn demo() -> Result<(), sluice::Error> {
 //! let config = sluice::config::Config::defaults();
 //! let listener = tokio::net::TcpListener::bind(config.listen).await?;
-//! sluice::Sluice::new(config)
+//! sluice::Sluice::new(config)?
 //!     .secrets("a-secret-key-base-of-at-least-20-bytes", "api-key")
 //!     .run(listener, async { let _ = tokio::signal::ctrl_c().await; })
 //!     .await
@@ -34,6 +35,7 @@ pub mod channel;
 pub mod channels;
 pub mod config;
 pub mod dev;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod origin;
@@ -68,20 +70,36 @@ pub enum Error {
 /// A configured server, ready to run.
 pub struct Sluice {
     config: Config,
+    files: Arc<files::Files>,
     registry: Registry,
     secret: Option<String>,
     api_key: Option<String>,
 }
 
 impl Sluice {
-    /// A server with the built-in channel kinds.
-    pub fn new(config: Config) -> Sluice {
-        Sluice {
+    /// A server with the built-in channel kinds. Creates the files and
+    /// uploads directories (and, with the default files directory, the demo
+    /// sample files) if they are missing.
+    pub fn new(config: Config) -> Result<Sluice, Error> {
+        let files = Arc::new(files::Files::new(&config).map_err(|e| {
+            Error::Config(format!(
+                "files_dir {} / uploads_dir {}: {e}",
+                config.files_dir.display(),
+                config.uploads_dir.display()
+            ))
+        })?);
+        let mut registry = Registry::with_builtins();
+        registry.insert(
+            "files",
+            Arc::new(files::channel::FilesKind::new(files.clone())),
+        );
+        Ok(Sluice {
             secret: config.secret_key_base.clone(),
             api_key: config.api_key.clone(),
             config,
-            registry: Registry::with_builtins(),
-        }
+            files,
+            registry,
+        })
     }
 
     /// Add a channel kind that routes can name.
@@ -136,8 +154,9 @@ impl Sluice {
         };
         // Install the recorder before any metric handle is resolved.
         let _ = metrics::install();
-        let app =
-            app::App::new(self.config, &self.registry, &secret, api_key).map_err(Error::Config)?;
+        let files = self.files.clone();
+        let app = app::App::new(self.config, &self.registry, &secret, api_key, files)
+            .map_err(Error::Config)?;
         let app = Arc::new(app);
         tracing::info!(addr = %listener.local_addr()?, "listening");
         server::serve(app, listener, shutdown).await;

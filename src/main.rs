@@ -61,7 +61,13 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
-    let server = sluice::Sluice::new(config.clone());
+    let server = match sluice::Sluice::new(config.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     if let Err(e) = server.check() {
         eprintln!("sluice: {e}");
         return ExitCode::from(EX_USAGE);

@@ -121,6 +121,41 @@ fn describe() {
         "sluice_api_requests_total",
         "POST /api/broadcast requests by result."
     );
+    describe_counter!(
+        "sluice_stream_bytes_total",
+        Unit::Bytes,
+        "File bytes streamed to clients by mode (zero_copy: slices of a shared map; copied: read into buffers)."
+    );
+    describe_gauge!("sluice_streams_active", "Download streams running.");
+    describe_counter!(
+        "sluice_streams_total",
+        "Finished download streams by end (complete, cancelled, closed)."
+    );
+    describe_counter!(
+        "sluice_stream_resumes_total",
+        "Downloads started at an offset > 0."
+    );
+    describe_counter!(
+        "sluice_upload_bytes_total",
+        Unit::Bytes,
+        "Upload bytes written to disk (channels and raw socket)."
+    );
+    describe_counter!(
+        "sluice_uploads_total",
+        "Finished uploads by result (ok, digest_mismatch, incomplete, past_end, too_large, storage, aborted, raw)."
+    );
+    describe_counter!(
+        "sluice_upload_credit_stalls_total",
+        "Upload chunks that had to wait because a window of bytes was still being written."
+    );
+    describe_counter!(
+        "sluice_digest_failures_total",
+        "Uploads whose sha256 did not match the declared digest."
+    );
+    describe_counter!(
+        "sluice_path_rejections_total",
+        "Refused file names by reason (invalid_name, escapes_root, not_found, not_a_file)."
+    );
 }
 
 /// Pre-resolved handles for the hot paths.

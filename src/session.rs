@@ -320,6 +320,50 @@ impl Session {
                     &response,
                 );
             }
+            Ok(Ok(Outcome::ReplyThen {
+                status,
+                response,
+                then,
+            })) => {
+                self.reply(
+                    join_ref.as_ref(),
+                    msg.ref_.as_ref(),
+                    topic.as_str(),
+                    &status,
+                    &response,
+                );
+                if std::panic::catch_unwind(AssertUnwindSafe(then)).is_err() {
+                    self.crash(&topic, join_ref, "panic");
+                }
+            }
+            Ok(Ok(Outcome::Later(reply))) => {
+                let (format, outbox, id) = (self.format, self.outbox.clone(), self.id);
+                let ref_ = msg.ref_.clone();
+                // Bounded by the channel (see `Outcome::Later`); ends when the
+                // future resolves, which the channel guarantees.
+                tokio::spawn(async move {
+                    let Ok((status, response)) = AssertUnwindSafe(reply).catch_unwind().await
+                    else {
+                        tracing::error!(socket = id, %topic, "deferred reply panicked");
+                        return;
+                    };
+                    match protocol::encode_reply(
+                        format,
+                        join_ref.as_ref(),
+                        ref_.as_ref(),
+                        topic.as_str(),
+                        &status,
+                        &response,
+                    ) {
+                        Ok(frame) => {
+                            outbox.push_control(frame);
+                        }
+                        Err(e) => {
+                            tracing::warn!(socket = id, %topic, error = %e, "deferred reply not encodable")
+                        }
+                    }
+                });
+            }
             Ok(Ok(Outcome::NoReply)) => {}
             Ok(Ok(Outcome::Stop { reply })) => {
                 if let Some((status, response)) = reply {

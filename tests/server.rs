@@ -99,11 +99,15 @@ async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
         config.routes.push(RouteSpec::parse(route).unwrap());
     }
     config.drain_grace = Duration::from_secs(5);
+    let scratch = std::env::temp_dir().join(format!("sluice-it-{}", std::process::id()));
+    config.files_dir = scratch.join("files");
+    config.uploads_dir = scratch.join("uploads");
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let server = sluice::Sluice::new(config)
+        .unwrap()
         .channel_kind("scripted", Arc::new(Scripted))
         .channel_kind("exploding", Arc::new(Exploding))
         .secrets(SECRET, "api-key");

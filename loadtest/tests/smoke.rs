@@ -57,6 +57,7 @@ async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
     let server = sluice::Sluice::new(config)
+        .unwrap()
         .channel_kind("silent", Arc::new(Silent))
         .secrets(SECRET, "api-key");
     let task = tokio::spawn(server.run(listener, async move {

@@ -219,7 +219,7 @@ settings! {
     check_origin: OriginPolicy = "" via origins;
     /// Topic routes `PATTERN=KIND/RULE` (comma list). RULE is anyone,
     /// authenticated, owner or nobody; PATTERN is exact or ends with `*`.
-    routes: Vec<RouteSpec> = "echo:*=echo/authenticated,room:*=room/authenticated,user:*=room/owner" via routes;
+    routes: Vec<RouteSpec> = "echo:*=echo/authenticated,room:*=room/authenticated,user:*=room/owner,image:*=files/authenticated,files:*=files/authenticated" via routes;
     /// Most channels one socket may join at once.
     max_channels: usize = "100" via values::positive;
     /// Most simultaneous connections (HTTP and WebSocket).
@@ -244,6 +244,32 @@ settings! {
     drain_batch_size: usize = "1000" via values::positive;
     /// On shutdown, the pause between two batches.
     drain_batch_interval: Duration = "50ms" via values::duration;
+    /// Directory the `files` channel serves downloads from. Left at the default,
+    /// `sluice serve` creates demo sample files there if they are missing.
+    files_dir: PathBuf = "var/files" via values::path;
+    /// Directory uploads are written to (`<uploads_dir>/<user id>/`).
+    uploads_dir: PathBuf = "var/uploads" via values::path;
+    /// File sent by `request-image` when the push names none.
+    default_file: String = "channel.png" via values::string;
+    /// Default download chunk size (a client may ask for another, see max_chunk_bytes).
+    chunk_bytes: usize = "256KiB" via values::nonzero_size;
+    /// Largest download chunk size a client may ask for.
+    max_chunk_bytes: usize = "4MiB" via values::nonzero_size;
+    /// Largest file `fetch` returns as one binary reply.
+    max_fetch_bytes: usize = "8MiB" via values::nonzero_size;
+    /// Largest upload (verified, implicit or raw socket).
+    max_upload_bytes: u64 = "4GiB" via values::size;
+    /// Upload credit window: bytes a client may send before they are acknowledged.
+    upload_window_bytes: usize = "8MiB" via values::nonzero_size;
+    /// Most download streams running at once on one socket.
+    max_streams_per_socket: usize = "16" via values::positive;
+    /// Most memory-mapped files kept open for sharing between downloads.
+    file_cache_entries: usize = "64" via values::positive;
+    /// A file modified more recently than this is served by copying reads, not
+    /// mapped (it may still be being written).
+    file_settle: Duration = "2s" via values::duration;
+    /// Path of the raw WebSocket upload endpoint (the seed's `/rawsocket`); empty disables it.
+    raw_socket_path: String = "/rawsocket" via values::string;
     /// Log format: `text` or `json`.
     log_format: LogFormat = "text" via log_format;
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sluice=debug`.
@@ -339,6 +365,32 @@ impl Config {
                 reason: "at most 1000000".into(),
             });
         }
+        if self.chunk_bytes < 4096 || self.chunk_bytes > self.max_chunk_bytes {
+            return Err(ConfigError::Conflict {
+                key: "chunk_bytes",
+                reason: "must be at least 4KiB and at most max_chunk_bytes".into(),
+            });
+        }
+        if self.max_chunk_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::Conflict {
+                key: "max_chunk_bytes",
+                reason: "at most 64MiB".into(),
+            });
+        }
+        if self.upload_window_bytes > self.max_frame_bytes.saturating_mul(64) {
+            return Err(ConfigError::Conflict {
+                key: "upload_window_bytes",
+                reason: "at most 64 × max_frame_bytes".into(),
+            });
+        }
+        if !(self.raw_socket_path.is_empty()
+            || (self.raw_socket_path.starts_with('/') && !self.raw_socket_path.ends_with('/')))
+        {
+            return Err(ConfigError::Conflict {
+                key: "raw_socket_path",
+                reason: "must be empty or start with `/` and not end with `/`".into(),
+            });
+        }
         if self.control_queue_bytes < 64 * 1024 {
             return Err(ConfigError::Conflict {
                 key: "control_queue_bytes",
@@ -387,7 +439,7 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 8 * 1024 * 1024);
         assert_eq!(c.max_channels, 100);
         assert_eq!(c.token_max_age, Duration::from_secs(1_209_600));
-        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.routes.len(), 5);
         assert_eq!(c.slow_consumer, SlowConsumerPolicy::Disconnect);
     }
 

@@ -81,6 +81,15 @@ pub fn list(s: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// A filesystem path (not checked for existence here).
+pub fn path(s: &str) -> Result<std::path::PathBuf, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(std::path::PathBuf::from(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

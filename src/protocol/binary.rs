@@ -112,6 +112,13 @@ pub fn encode_push(
     Ok(binary_frame(&lens, &[join_ref, topic, event], data))
 }
 
+/// The meta part (everything before the payload) of a kind-0 server push, for
+/// callers that send many pushes with the same meta, such as file chunks: the
+/// frame is then `header ++ payload` with the payload never copied.
+pub fn push_header(join_ref: Option<&Ref>, topic: &str, event: &str) -> Result<Bytes, EncodeError> {
+    Ok(encode_push(join_ref, topic, event, Bytes::new())?.head)
+}
+
 /// Encode a kind-2 broadcast (no refs).
 pub fn encode_broadcast(topic: &str, event: &str, data: Bytes) -> Result<Frame, EncodeError> {
     let lens = [

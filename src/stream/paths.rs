@@ -33,7 +33,7 @@ impl PathError {
     pub fn reason(&self) -> &'static str {
         match self {
             PathError::Invalid => "invalid_name",
-            PathError::Escapes => "forbidden",
+            PathError::Escapes => "escapes_root",
             PathError::NotFound => "not_found",
             PathError::NotAFile => "not_a_file",
         }

@@ -9,6 +9,11 @@
 //! * **Bulk lane**: pushes and broadcasts. Bounded by `outbound_queue_bytes`;
 //!   when a frame does not fit, the slow-consumer policy decides: `drop` the
 //!   frame (counted) or `disconnect` (close 1013, queue freed at once).
+//! * **Stream lane**: sources of bulk frames (file downloads) that the writer
+//!   *pulls* from, round-robin, only after the control and bulk lanes are
+//!   drained and only up to [`MAX_BATCH_BULK_BYTES`] per wake-up. Nothing is
+//!   produced ahead of the socket, so a slow reader costs one batch, whatever
+//!   the size of the file; pushes and replies never queue behind chunks.
 //! * The writer always drains the control lane before the bulk lane, so
 //!   replies and heartbeats never wait behind bulk traffic queued earlier.
 //! * After [`Outbox::close`], nothing more is accepted; the writer sends what
@@ -119,12 +124,32 @@ pub struct Limits {
     pub policy: SlowConsumerPolicy,
 }
 
+/// What a [`Stream`] yields when the writer pulls it.
+#[derive(Debug)]
+pub enum Pull {
+    /// The next frame of the stream.
+    Frame(Frame),
+    /// Nothing ready now; the source calls [`Outbox::wake_writer`] when it is.
+    Pending,
+    /// The stream is over; its last frame (if any) is written, then it is dropped.
+    Done(Option<Frame>),
+}
+
+/// A source of frames the writer pulls when the socket can take more (a file
+/// download). `pull` runs inside the outbox's critical section: it must be
+/// cheap and never block (no file reads; slicing a map and framing is fine).
+pub trait Stream: Send {
+    /// Produce the next frame.
+    fn pull(&mut self) -> Pull;
+}
+
 #[derive(Default)]
 struct State {
     control: VecDeque<Item>,
     control_bytes: usize,
     bulk: VecDeque<Frame>,
     bulk_bytes: usize,
+    streams: VecDeque<Box<dyn Stream>>,
     close: Option<CloseRequest>,
     close_echo_queued: bool,
     /// No more items are accepted.
@@ -192,6 +217,7 @@ impl Outbox {
                 s.close_echo_queued = true;
                 s.bulk.clear();
                 s.bulk_bytes = 0;
+                s.streams.clear();
             }
             s.control_bytes += item.len();
             s.control.push_back(item);
@@ -216,6 +242,7 @@ impl Outbox {
                         s.closing = true;
                         s.bulk.clear();
                         s.bulk_bytes = 0;
+                        s.streams.clear();
                         s.close = Some(CloseRequest {
                             code: close_code::TRY_AGAIN_LATER,
                             reason: "slow consumer".into(),
@@ -268,6 +295,7 @@ impl Outbox {
             s.closing = true;
             s.bulk.clear();
             s.bulk_bytes = 0;
+            s.streams.clear();
             s.close = Some(CloseRequest {
                 code,
                 reason: reason.to_owned(),
@@ -275,6 +303,30 @@ impl Outbox {
         }
         self.writer.notify_one();
         self.room.notify_waiters();
+    }
+
+    /// Add a stream the writer pulls from. Returns false (and drops it) if
+    /// the socket is closing.
+    pub fn add_stream(&self, stream: Box<dyn Stream>) -> bool {
+        {
+            let mut s = self.lock();
+            if s.closing {
+                return false;
+            }
+            s.streams.push_back(stream);
+        }
+        self.writer.notify_one();
+        true
+    }
+
+    /// Wake the writer: a [`Pull::Pending`] stream has something ready.
+    pub fn wake_writer(&self) {
+        self.writer.notify_one();
+    }
+
+    /// Streams currently attached.
+    pub fn stream_count(&self) -> usize {
+        self.lock().streams.len()
     }
 
     /// Whether a close was requested or echoed.
@@ -309,6 +361,39 @@ impl Outbox {
             bulk += frame.len();
             batch.items.push(Item::Frame(frame));
             frames += 1;
+        }
+        // Streams: only once the bulk lane is empty, round-robin one frame at a
+        // time, until the batch budget is spent or every stream is pending.
+        if s.bulk.is_empty() && !s.closing {
+            let mut pending = 0;
+            while frames < MAX_BATCH_FRAMES
+                && bulk < MAX_BATCH_BULK_BYTES
+                && pending < s.streams.len()
+            {
+                let Some(mut stream) = s.streams.pop_front() else {
+                    break;
+                };
+                match stream.pull() {
+                    Pull::Frame(frame) => {
+                        bulk += frame.len();
+                        batch.items.push(Item::Frame(frame));
+                        frames += 1;
+                        pending = 0;
+                        s.streams.push_back(stream);
+                    }
+                    Pull::Pending => {
+                        pending += 1;
+                        s.streams.push_back(stream);
+                    }
+                    Pull::Done(last) => {
+                        if let Some(frame) = last {
+                            batch.items.push(Item::Frame(frame));
+                            frames += 1;
+                        }
+                        pending = 0;
+                    }
+                }
+            }
         }
         if s.control.is_empty() && s.bulk.is_empty() {
             batch.close = s.close.take();
@@ -457,6 +542,94 @@ mod tests {
     fn oversized_frame_fits_empty_lane() {
         let o = outbox(SlowConsumerPolicy::Disconnect);
         assert_eq!(o.push_bulk(frame(1000)), PushOutcome::Queued);
+    }
+
+    struct Counting {
+        left: usize,
+        size: usize,
+        pending_first: bool,
+    }
+
+    impl Stream for Counting {
+        fn pull(&mut self) -> Pull {
+            if self.pending_first {
+                self.pending_first = false;
+                return Pull::Pending;
+            }
+            if self.left == 0 {
+                return Pull::Done(Some(frame(1)));
+            }
+            self.left -= 1;
+            Pull::Frame(frame(self.size))
+        }
+    }
+
+    #[test]
+    fn streams_are_pulled_after_bulk_within_the_batch_budget() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        assert!(o.add_stream(Box::new(Counting {
+            left: 100,
+            size: 200 * 1024,
+            pending_first: false,
+        })));
+        assert_eq!(o.push_bulk(frame(10)), PushOutcome::Queued);
+        assert!(o.push_control(frame(3)));
+        let b = o.take();
+        // control, bulk, then chunks until 512 KiB is reached: 3 chunks.
+        let sizes: Vec<usize> = b
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Frame(f) => f.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, vec![3, 10, 200 * 1024, 200 * 1024, 200 * 1024]);
+        // Nothing was produced ahead: the next take continues the stream.
+        assert_eq!(o.take().items.len(), 3);
+        assert_eq!(o.bulk_bytes(), 0);
+    }
+
+    #[test]
+    fn streams_round_robin_and_finish_with_their_last_frame() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        for size in [100, 200] {
+            o.add_stream(Box::new(Counting {
+                left: 2,
+                size,
+                pending_first: size == 200,
+            }));
+        }
+        let b = o.take();
+        let sizes: Vec<usize> = b
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Frame(f) => f.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, vec![100, 100, 200, 1, 200, 1]);
+        assert_eq!(o.stream_count(), 0);
+    }
+
+    #[test]
+    fn all_pending_streams_yield_an_empty_batch_and_close_drops_streams() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        o.add_stream(Box::new(Counting {
+            left: 1,
+            size: 1,
+            pending_first: true,
+        }));
+        assert!(o.take().items.is_empty());
+        assert_eq!(o.stream_count(), 1);
+        o.close(close_code::RESTART, "bye");
+        assert_eq!(o.stream_count(), 0);
+        assert!(!o.add_stream(Box::new(Counting {
+            left: 1,
+            size: 1,
+            pending_first: false,
+        })));
     }
 
     #[tokio::test]

@@ -39,6 +39,7 @@ use super::outbox::{close_code, Item, Limits, Outbox};
 use super::reassemble::{Kind, ReassembleError, Reassembler};
 use super::writer;
 use crate::app::App;
+use crate::files::raw::RawSession;
 use crate::metrics;
 use crate::protocol::{self, Format};
 use crate::session::Session;
@@ -56,12 +57,28 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a socket speaks once upgraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The Phoenix Channels protocol ([`Session`]).
+    Phoenix,
+    /// The raw upload socket ([`RawSession`]): needs a user.
+    Raw,
+}
+
+/// The per-socket message handler.
+enum Handler {
+    Phoenix(Session),
+    Raw(RawSession),
+}
+
 /// Answer an upgrade request on a socket path and, if accepted, spawn the socket.
 pub fn upgrade(
     app: Arc<App>,
     mut req: Request<Incoming>,
     tracker: &TaskTracker,
     permit: Option<Arc<OwnedSemaphorePermit>>,
+    mode: Mode,
 ) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
         metrics::connect_rejected("bad_request");
@@ -78,6 +95,10 @@ pub fn upgrade(
             return status(StatusCode::FORBIDDEN);
         }
     };
+    if mode == Mode::Raw && info.user_id.is_none() {
+        metrics::connect_rejected("token_missing");
+        return status(StatusCode::FORBIDDEN);
+    }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(e) => {
@@ -87,7 +108,7 @@ pub fn upgrade(
         }
     };
     let (mut parts, _) = response.into_parts();
-    if info.subprotocol_phoenix {
+    if info.subprotocol_phoenix && mode == Mode::Phoenix {
         parts.headers.insert(
             http::header::SEC_WEBSOCKET_PROTOCOL,
             http::HeaderValue::from_static("phoenix"),
@@ -103,11 +124,11 @@ pub fn upgrade(
                     Ok(parts) => {
                         let (r, w) = parts.io.into_inner().into_split();
                         let r = std::io::Cursor::new(parts.read_buf).chain(r);
-                        run_socket(app, r, w, info, &inner_tracker).await;
+                        run_socket(app, r, w, info, &inner_tracker, mode).await;
                     }
                     Err(upgraded) => {
                         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                        run_socket(app, r, w, info, &inner_tracker).await;
+                        run_socket(app, r, w, info, &inner_tracker, mode).await;
                     }
                 }
             }
@@ -195,6 +216,7 @@ async fn run_socket<R, W>(
     write: W,
     info: ConnectInfo,
     tracker: &TaskTracker,
+    mode: Mode,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -223,13 +245,20 @@ async fn run_socket<R, W>(
         app.metrics.clone(),
     ));
 
-    let mut session = Session::new(
-        id,
-        info.format,
-        info.user_id.clone(),
-        outbox.clone(),
-        app.clone(),
-    );
+    let mut session = match (mode, info.user_id.as_deref()) {
+        (Mode::Raw, Some(user)) => Handler::Raw(RawSession::new(
+            app.files.clone(),
+            user.to_owned(),
+            outbox.clone(),
+        )),
+        _ => Handler::Phoenix(Session::new(
+            id,
+            info.format,
+            info.user_id.clone(),
+            outbox.clone(),
+            app.clone(),
+        )),
+    };
     // Teardown below must run whatever happens in the session, so a panic in
     // user channel code is caught here and counted.
     let end = AssertUnwindSafe(read_loop(
@@ -248,12 +277,14 @@ async fn run_socket<R, W>(
         outbox.close(close_code::INTERNAL, "internal error");
         End::Panic
     });
-    if AssertUnwindSafe(session.shutdown())
-        .catch_unwind()
-        .await
-        .is_err()
-    {
-        tracing::error!(socket = id, "session shutdown panicked");
+    if let Handler::Phoenix(session) = &mut session {
+        if AssertUnwindSafe(session.shutdown())
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!(socket = id, "session shutdown panicked");
+        }
     }
     app.unregister(id);
     done.cancel();
@@ -267,7 +298,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     app: &App,
     read: R,
     outbox: &Arc<Outbox>,
-    session: &mut Session,
+    session: &mut Handler,
     format: Format,
     done: &CancellationToken,
 ) -> End {
@@ -354,6 +385,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
             m.frames_in_binary.increment(1);
             m.bytes_in_binary.increment(msg.data.len() as u64);
         }
+        let session = match session {
+            Handler::Phoenix(s) => s,
+            Handler::Raw(raw) => {
+                if !outbox.is_closing() {
+                    raw.handle(msg.text, msg.data).await;
+                }
+                continue;
+            }
+        };
         match protocol::decode(format, msg.text, msg.data) {
             Ok(message) => {
                 if outbox.is_closing() {

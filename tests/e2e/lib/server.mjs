@@ -4,7 +4,8 @@
 // whatever the reason, so no server outlives a test file. Tests stop servers normally with
 // SIGTERM through `server.stop()`.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
+import os from "node:os";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,9 +18,13 @@ export const SLUICE_BIN = process.env.SLUICE_BIN || path.join(REPO_ROOT, "target
 export const SECRET = "e2e-secret-key-base-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
 export const API_KEY = "e2e-api-key-123";
 
+/** Per-process scratch directory for servers' default files/uploads dirs; removed at exit. */
+export const SCRATCH = path.join(os.tmpdir(), `sluice-e2e-${process.pid}`);
+
 const live = new Set();
 process.on("exit", () => {
   for (const p of live) { try { p.kill("SIGKILL"); } catch { /* already gone */ } }
+  try { rmSync(SCRATCH, { recursive: true, force: true }); } catch { /* best effort */ }
 });
 for (const sig of ["SIGINT", "SIGTERM"]) {
   process.once(sig, () => {
@@ -136,7 +141,9 @@ export async function startServer({ args = [], env = {}, port, defaults = true, 
       "--log-format", "json", ...args]
     : args;
   const proc = spawn(SLUICE_BIN, fullArgs, {
-    env: { RUST_BACKTRACE: "1", ...process.env, ...env },
+    // Files and uploads go to a per-process scratch directory unless a test names its own
+    // (flags beat SLUICE_* variables), so no run writes into the repository.
+    env: { RUST_BACKTRACE: "1", SLUICE_FILES_DIR: path.join(SCRATCH, "files"), SLUICE_UPLOADS_DIR: path.join(SCRATCH, "uploads"), ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   live.add(proc);

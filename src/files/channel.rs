@@ -1,0 +1,460 @@
+//! The `files` channel kind: downloads (`request-image`, `download`,
+//! `fetch`, `cancel`) and uploads (`upload:start`, binary `chunk`,
+//! `upload:finish`, `upload:abort`). Wire contract: docs/FILES.md.
+//!
+//! # Contract
+//! * Names are resolved on the blocking pool through [`super::mapped::FileCache`];
+//!   a refused name is an error reply `{"reason"}` and a counted rejection.
+//! * A stream is attached to the socket's outbox only after its `ok` reply is
+//!   queued ([`Outcome::ReplyThen`]), so the reply always precedes the chunks.
+//! * One stream per file name per channel (asking again restarts it); at
+//!   most `max_streams_per_socket` streams per socket.
+//! * Ending the channel cancels its streams and drops its upload pipeline
+//!   (queued writes finish; the partial stays for a resume).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::chunks::{ChunkStream, StreamCtl};
+use super::mapped::{OpenError, OpenFile};
+use super::upload::UploadError;
+use super::uploading::{Pipeline, Target};
+use super::{Files, MIN_CHUNK_BYTES};
+use crate::channel::{Channel, ChannelError, ChannelHandle, ChannelKind, Outcome, Terminate};
+use crate::protocol::{binary, encode_push, Format, Payload, Topic};
+use crate::stream::plan::Plan;
+
+/// Factory for [`FilesChannel`].
+pub struct FilesKind {
+    files: Arc<Files>,
+}
+
+impl FilesKind {
+    /// A kind serving `files`.
+    pub fn new(files: Arc<Files>) -> FilesKind {
+        FilesKind { files }
+    }
+}
+
+impl ChannelKind for FilesKind {
+    fn create(&self, _topic: &Topic) -> Box<dyn Channel> {
+        Box::new(FilesChannel {
+            files: self.files.clone(),
+            streams: HashMap::new(),
+            upload: None,
+        })
+    }
+}
+
+/// One joined files channel.
+pub struct FilesChannel {
+    files: Arc<Files>,
+    /// Running streams by file name (finished ones are pruned lazily).
+    streams: HashMap<String, Arc<StreamCtl>>,
+    upload: Option<Pipeline>,
+}
+
+fn reason(r: &str) -> Outcome {
+    Outcome::error(Payload::json(&json!({ "reason": r })))
+}
+
+fn json_of(payload: &Payload) -> Option<Value> {
+    match payload {
+        Payload::Json(b) => serde_json::from_slice(b).ok(),
+        Payload::Binary(_) => None,
+    }
+}
+
+fn str_field<'a>(v: &'a Option<Value>, key: &str) -> Option<&'a str> {
+    v.as_ref()?.get(key)?.as_str()
+}
+
+fn u64_field(v: &Option<Value>, key: &str) -> Result<Option<u64>, ()> {
+    match v.as_ref().and_then(|v| v.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_u64().map(Some).ok_or(()),
+    }
+}
+
+/// What a download request asks for.
+struct Request {
+    file: String,
+    offset: u64,
+    chunk_size: usize,
+}
+
+impl FilesChannel {
+    async fn open(&self, name: &str) -> Result<Arc<OpenFile>, Outcome> {
+        let files = self.files.clone();
+        let owned = name.to_owned();
+        let opened = tokio::task::spawn_blocking(move || files.cache.open(&owned)).await;
+        match opened {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(OpenError::Path(p))) => {
+                self.files.metrics.path_rejected(p.reason());
+                tracing::info!(file = name, reason = p.reason(), "file name refused");
+                Err(reason(p.reason()))
+            }
+            Ok(Err(OpenError::Io(e))) => {
+                tracing::warn!(file = name, error = %e, "cannot open file");
+                Err(reason("io_error"))
+            }
+            Err(_) => Err(reason("io_error")),
+        }
+    }
+
+    fn parse_request(&self, payload: &Payload, default_file: bool) -> Result<Request, Outcome> {
+        let v = json_of(payload);
+        let file = match str_field(&v, "file") {
+            Some(f) => f.to_owned(),
+            None if default_file => self.files.limits.default_file.clone(),
+            None => return Err(reason("bad_request")),
+        };
+        let offset = u64_field(&v, "offset").map_err(|_| reason("bad_request"))?;
+        let chunk = u64_field(&v, "chunk_size").map_err(|_| reason("bad_request"))?;
+        let limits = &self.files.limits;
+        let chunk_size = chunk
+            .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
+            .unwrap_or(limits.chunk_bytes)
+            .clamp(MIN_CHUNK_BYTES, limits.max_chunk_bytes);
+        Ok(Request {
+            file,
+            offset: offset.unwrap_or(0),
+            chunk_size,
+        })
+    }
+
+    async fn download(
+        &mut self,
+        ch: &ChannelHandle,
+        payload: &Payload,
+        seed: bool,
+    ) -> Result<Outcome, ChannelError> {
+        if ch.format() == Format::V1 {
+            return Ok(reason("binary_unsupported"));
+        }
+        let req = match self.parse_request(payload, seed) {
+            Ok(r) => r,
+            Err(o) => return Ok(o),
+        };
+        self.streams.retain(|_, c| !c.is_finished());
+        let restarting = self.streams.get(&req.file).cloned();
+        let running = ch.outbox.stream_count() - usize::from(restarting.is_some());
+        if running >= self.files.limits.max_streams_per_socket {
+            return Ok(reason("too_many_streams"));
+        }
+        let file = match self.open(&req.file).await {
+            Ok(f) => f,
+            Err(o) => return Ok(o),
+        };
+        let plan = match Plan::new(file.id.size, req.chunk_size as u64, req.offset) {
+            Ok(p) => p,
+            Err(_) => return Ok(reason("bad_offset")),
+        };
+        if u32::try_from(plan.chunks).is_err() {
+            return Ok(reason("too_many_chunks"));
+        }
+        let sha256 = match file.sha256().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(file = %req.file, error = %e, "cannot digest file");
+                return Ok(reason("io_error"));
+            }
+        };
+        let meta = json!({
+            "file": req.file,
+            "size": plan.size,
+            "chunk_size": plan.chunk_size,
+            "chunks": plan.chunks,
+            "first_chunk": plan.first,
+            "offset": plan.first * plan.chunk_size,
+            "sha256": sha256,
+            "etag": file.id.etag(),
+        });
+        let complete = json!({
+            "file": req.file,
+            "size": plan.size,
+            "chunks": plan.chunks,
+            "chunk_size": plan.chunk_size,
+            "sha256": sha256,
+        });
+        let header = binary::push_header(ch.join_ref(), ch.topic().as_str(), "new chunk");
+        let complete = encode_push(
+            ch.format(),
+            ch.join_ref(),
+            ch.topic().as_str(),
+            "image complete",
+            &Payload::json(&complete),
+        );
+        let (Ok(header), Ok(complete)) = (header, complete) else {
+            return Ok(reason("bad_request"));
+        };
+        if plan.first > 0 {
+            self.files.metrics.resumes.increment(1);
+        }
+        if let Some(old) = restarting {
+            old.cancel();
+        }
+        let ctl = Arc::new(StreamCtl::default());
+        self.streams.insert(req.file.clone(), ctl.clone());
+        let stream = ChunkStream::new(
+            file,
+            plan,
+            header,
+            complete,
+            ctl,
+            self.files.metrics.clone(),
+            &ch.outbox,
+        );
+        let outbox = ch.outbox.clone();
+        Ok(Outcome::ReplyThen {
+            status: Cow::Borrowed("ok"),
+            response: Payload::json(&meta),
+            then: Box::new(move || {
+                outbox.add_stream(Box::new(stream));
+            }),
+        })
+    }
+
+    async fn fetch(&mut self, ch: &ChannelHandle, payload: &Payload) -> Outcome {
+        if ch.format() == Format::V1 {
+            return reason("binary_unsupported");
+        }
+        let v = json_of(payload);
+        let Some(name) = str_field(&v, "file") else {
+            return reason("bad_request");
+        };
+        let file = match self.open(name).await {
+            Ok(f) => f,
+            Err(o) => return o,
+        };
+        let size = file.id.size;
+        if size > self.files.limits.max_fetch_bytes as u64 {
+            return Outcome::error(Payload::json(
+                &json!({"reason": "too_large", "size": size, "max": self.files.limits.max_fetch_bytes}),
+            ));
+        }
+        if let Some(bytes) = file.slice(0..size) {
+            self.files.metrics.bytes_zero_copy.increment(size);
+            return Outcome::ok(Payload::Binary(bytes));
+        }
+        let f = file.clone();
+        match tokio::task::spawn_blocking(move || f.read(0..size)).await {
+            Ok(Ok(bytes)) => {
+                self.files.metrics.bytes_copied.increment(size);
+                Outcome::ok(Payload::Binary(bytes))
+            }
+            _ => reason("io_error"),
+        }
+    }
+
+    fn cancel(&mut self, payload: &Payload) -> Outcome {
+        let v = json_of(payload);
+        let mut n = 0;
+        match str_field(&v, "file") {
+            Some(name) => {
+                if let Some(ctl) = self.streams.remove(name) {
+                    n += usize::from(!ctl.is_finished());
+                    ctl.cancel();
+                }
+            }
+            None => {
+                for (_, ctl) in self.streams.drain() {
+                    n += usize::from(!ctl.is_finished());
+                    ctl.cancel();
+                }
+            }
+        }
+        Outcome::ok(Payload::json(&json!({ "cancelled": n })))
+    }
+
+    fn user(ch: &ChannelHandle) -> Option<String> {
+        ch.user_id().map(str::to_owned)
+    }
+
+    async fn upload_start(&mut self, ch: &ChannelHandle, payload: &Payload) -> Outcome {
+        if ch.format() == Format::V1 {
+            return reason("binary_unsupported");
+        }
+        let Some(user) = Self::user(ch) else {
+            return reason("unauthorized");
+        };
+        let v = json_of(payload);
+        let (Some(name), Ok(Some(size))) = (str_field(&v, "name"), u64_field(&v, "size")) else {
+            return reason("bad_request");
+        };
+        let name = name.to_owned();
+        let sha = str_field(&v, "sha256").map(str::to_owned);
+        if let Err(e) = super::upload::check_upload_name(&name) {
+            self.files.metrics.path_rejected(e.reason());
+            return reason(e.reason());
+        }
+        let max = self.files.uploads.max_upload_bytes();
+        if size > max {
+            self.files.metrics.upload_end("too_large");
+            return Outcome::error(Payload::json(
+                &json!({"reason": "too_large", "size": size, "max": max}),
+            ));
+        }
+        // A previous upload on this channel is suspended (its partial kept).
+        self.upload = None;
+        let key = self
+            .files
+            .uploads
+            .user_dir(&user)
+            .join(format!("{name}\u{0}{size}"));
+        let lock = self.files.partial_lock(key);
+        let guard =
+            match tokio::time::timeout(std::time::Duration::from_secs(10), lock.lock_owned()).await
+            {
+                Ok(g) => g,
+                Err(_) => return reason("busy"),
+            };
+        let store = self.files.uploads.clone();
+        let started =
+            tokio::task::spawn_blocking(move || store.start(&user, &name, size, sha.as_deref()))
+                .await;
+        let partial = match started {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return upload_error(&e),
+            Err(_) => return reason("storage"),
+        };
+        let offset = partial.offset();
+        let id = format!("{:016x}", rand::random::<u64>());
+        let window = self.files.limits.upload_window_bytes;
+        self.upload = Some(Pipeline::start(
+            id.clone(),
+            Target::Verified(Box::new(partial)),
+            window,
+            self.files.metrics.clone(),
+            Some(guard),
+        ));
+        Outcome::ok(Payload::json(
+            &json!({"upload_id": id, "offset": offset, "window": window}),
+        ))
+    }
+
+    async fn chunk(&mut self, ch: &ChannelHandle, data: Bytes) -> Outcome {
+        if self.upload.is_none() {
+            // The seed's semantics: append to a file named after the topic.
+            let Some(user) = Self::user(ch) else {
+                return reason("unauthorized");
+            };
+            let name = implicit_name(ch.topic().as_str());
+            self.upload = Some(Pipeline::start(
+                String::new(),
+                Target::Append {
+                    store: self.files.uploads.clone(),
+                    user,
+                    name,
+                },
+                self.files.limits.upload_window_bytes,
+                self.files.metrics.clone(),
+                None,
+            ));
+        }
+        match &self.upload {
+            Some(p) => Outcome::Later(p.chunk(data).await),
+            None => reason("no_upload"),
+        }
+    }
+
+    async fn upload_end(&mut self, payload: &Payload, finish: bool) -> Outcome {
+        let v = json_of(payload);
+        let id = str_field(&v, "upload_id");
+        let Some(p) = self.upload.take() else {
+            return reason("no_upload");
+        };
+        if p.id().is_empty() || id != Some(p.id()) {
+            self.upload = Some(p);
+            return reason("no_upload");
+        }
+        if finish {
+            Outcome::Later(p.finish().await)
+        } else {
+            Outcome::Later(p.abort().await)
+        }
+    }
+}
+
+fn upload_error(e: &UploadError) -> Outcome {
+    match e {
+        UploadError::TooLarge { size, max } => Outcome::error(Payload::json(
+            &json!({"reason": e.reason(), "size": size, "max": max}),
+        )),
+        _ => {
+            tracing::info!(reason = e.reason(), error = %e, "upload:start refused");
+            reason(e.reason())
+        }
+    }
+}
+
+/// `image:1` → `image-1.bin`: one safe path component named after the topic.
+pub fn implicit_name(topic: &str) -> String {
+    let mut name: String = topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.starts_with('.') {
+        name.replace_range(0..1, "-");
+    }
+    name.truncate(200);
+    name.push_str(".bin");
+    name
+}
+
+#[async_trait::async_trait]
+impl Channel for FilesChannel {
+    async fn handle_in(
+        &mut self,
+        ch: &ChannelHandle,
+        event: &str,
+        payload: Payload,
+    ) -> Result<Outcome, ChannelError> {
+        Ok(match event {
+            "request-image" => self.download(ch, &payload, true).await?,
+            "download" => self.download(ch, &payload, false).await?,
+            "fetch" => self.fetch(ch, &payload).await,
+            "cancel" => self.cancel(&payload),
+            "upload:start" => self.upload_start(ch, &payload).await,
+            "chunk" => match payload {
+                Payload::Binary(data) => self.chunk(ch, data).await,
+                // JSON chunks are ignored, as in the seed.
+                Payload::Json(_) => Outcome::ok(Payload::empty()),
+            },
+            "upload:finish" => self.upload_end(&payload, true).await,
+            "upload:abort" => self.upload_end(&payload, false).await,
+            _ => reason("unknown_event"),
+        })
+    }
+
+    async fn terminate(&mut self, _ch: &ChannelHandle, _reason: Terminate) {
+        for (_, ctl) in self.streams.drain() {
+            ctl.cancel();
+        }
+        self.upload = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implicit_names_are_one_safe_component() {
+        assert_eq!(implicit_name("image:1"), "image-1.bin");
+        assert_eq!(implicit_name("files:../../x"), "files-..-..-x.bin");
+        assert_eq!(implicit_name(".hidden"), "-hidden.bin");
+        assert!(!implicit_name(&"a/".repeat(300)).contains('/'));
+    }
+}
