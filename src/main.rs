@@ -86,7 +86,8 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        server.run(listener, shutdown_signal()).await?;
+        let shutdown = shutdown_signal();
+        server.run(listener, shutdown).await?;
         Ok(())
     });
     match result {
@@ -153,27 +154,35 @@ fn init_tracing(config: &Config) {
     }
 }
 
-async fn shutdown_signal() {
+/// Register the signal handlers now (before the server says it is
+/// listening, so an early SIGTERM is a drain, not a kill) and return the
+/// future that resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                    _ = int.recv() => tracing::info!("SIGINT: draining"),
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                        _ = int.recv() => tracing::info!("SIGINT: draining"),
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

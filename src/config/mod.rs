@@ -377,12 +377,6 @@ impl Config {
                 reason: "at most 64MiB".into(),
             });
         }
-        if self.upload_window_bytes > self.max_frame_bytes.saturating_mul(64) {
-            return Err(ConfigError::Conflict {
-                key: "upload_window_bytes",
-                reason: "at most 64 × max_frame_bytes".into(),
-            });
-        }
         if !(self.raw_socket_path.is_empty()
             || (self.raw_socket_path.starts_with('/') && !self.raw_socket_path.ends_with('/')))
         {
