@@ -101,9 +101,30 @@ pub enum JoinError {
     Crashed(String),
 }
 
-/// A reply computed later: resolves to the status word and the response.
-pub type LaterReply =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (Cow<'static, str>, Payload)> + Send>>;
+/// What a deferred reply ([`Outcome::Later`]) resolves to.
+pub struct LateReply {
+    /// The status word.
+    pub status: Cow<'static, str>,
+    /// The response payload.
+    pub response: Payload,
+    /// Runs right after the reply is queued: work whose frames must reach the
+    /// client after the reply (e.g. attaching a download stream).
+    pub then: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl LateReply {
+    /// A reply with nothing to run after it.
+    pub fn new(status: Cow<'static, str>, response: Payload) -> LateReply {
+        LateReply {
+            status,
+            response,
+            then: None,
+        }
+    }
+}
+
+/// A reply computed later.
+pub type LaterReply = std::pin::Pin<Box<dyn std::future::Future<Output = LateReply> + Send>>;
 
 /// A channel's answer to one client push.
 pub enum Outcome {
@@ -121,16 +142,6 @@ pub enum Outcome {
         /// An optional reply sent before `phx_close`.
         reply: Option<(Cow<'static, str>, Payload)>,
     },
-    /// Reply now, then run `then`: for work whose frames must reach the client
-    /// after the reply (e.g. starting a download stream).
-    ReplyThen {
-        /// The status word.
-        status: Cow<'static, str>,
-        /// The response payload.
-        response: Payload,
-        /// Runs right after the reply is queued.
-        then: Box<dyn FnOnce() + Send>,
-    },
     /// Reply when the future resolves (e.g. once a chunk is on disk); the
     /// socket goes on handling later messages meanwhile. The channel bounds
     /// how many such replies it has outstanding (uploads: by the credit window).
@@ -147,13 +158,6 @@ impl std::fmt::Debug for Outcome {
                 .finish(),
             Outcome::NoReply => f.write_str("NoReply"),
             Outcome::Stop { reply } => f.debug_struct("Stop").field("reply", reply).finish(),
-            Outcome::ReplyThen {
-                status, response, ..
-            } => f
-                .debug_struct("ReplyThen")
-                .field("status", status)
-                .field("response", response)
-                .finish_non_exhaustive(),
             Outcome::Later(_) => f.write_str("Later(..)"),
         }
     }

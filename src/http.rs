@@ -9,6 +9,7 @@
 //! | `/readyz` | readiness: 503 once draining |
 //! | `/metrics` | Prometheus text format |
 //! | `/` | landing page |
+//! | `/sluice-files.js` | browser helper module (`web/sluice-files.js`) |
 
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ fn text(
 }
 
 const INDEX: &str = include_str!("../web/index.html");
+/// The browser helper for downloads and uploads (docs/FILES.md).
+const FILES_JS: &str = include_str!("../web/sluice-files.js");
 
 impl Routes {
     /// Route one request.
@@ -95,6 +98,7 @@ impl Routes {
             },
             "/api/broadcast" => crate::api::broadcast(&self.app, req).await,
             "/" | "/index.html" => text(StatusCode::OK, "text/html; charset=utf-8", INDEX),
+            "/sluice-files.js" => text(StatusCode::OK, "text/javascript; charset=utf-8", FILES_JS),
             _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }

@@ -81,6 +81,9 @@ impl Sluice {
     /// uploads directories (and, with the default files directory, the demo
     /// sample files) if they are missing.
     pub fn new(config: Config) -> Result<Sluice, Error> {
+        // The recorder must exist before metric handles are resolved (here and
+        // in `run`), or they resolve to no-ops.
+        let _ = metrics::install();
         let files = Arc::new(files::Files::new(&config).map_err(|e| {
             Error::Config(format!(
                 "files_dir {} / uploads_dir {}: {e}",

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 
 use crate::app::App;
-use crate::channel::{Channel, ChannelHandle, JoinError, Outcome, Terminate};
+use crate::channel::{Channel, ChannelHandle, JoinError, LateReply, Outcome, Terminate};
 use crate::metrics;
 use crate::protocol::{self, Event, Format, Frame, Message, Payload, Ref, Topic, MAX_META_LEN};
 use crate::transport::outbox::Outbox;
@@ -320,29 +320,17 @@ impl Session {
                     &response,
                 );
             }
-            Ok(Ok(Outcome::ReplyThen {
-                status,
-                response,
-                then,
-            })) => {
-                self.reply(
-                    join_ref.as_ref(),
-                    msg.ref_.as_ref(),
-                    topic.as_str(),
-                    &status,
-                    &response,
-                );
-                if std::panic::catch_unwind(AssertUnwindSafe(then)).is_err() {
-                    self.crash(&topic, join_ref, "panic");
-                }
-            }
             Ok(Ok(Outcome::Later(reply))) => {
                 let (format, outbox, id) = (self.format, self.outbox.clone(), self.id);
                 let ref_ = msg.ref_.clone();
                 // Bounded by the channel (see `Outcome::Later`); ends when the
                 // future resolves, which the channel guarantees.
                 tokio::spawn(async move {
-                    let Ok((status, response)) = AssertUnwindSafe(reply).catch_unwind().await
+                    let Ok(LateReply {
+                        status,
+                        response,
+                        then,
+                    }) = AssertUnwindSafe(reply).catch_unwind().await
                     else {
                         tracing::error!(socket = id, %topic, "deferred reply panicked");
                         return;
@@ -360,6 +348,11 @@ impl Session {
                         }
                         Err(e) => {
                             tracing::warn!(socket = id, %topic, error = %e, "deferred reply not encodable")
+                        }
+                    }
+                    if let Some(then) = then {
+                        if std::panic::catch_unwind(AssertUnwindSafe(then)).is_err() {
+                            tracing::error!(socket = id, %topic, "deferred follow-up panicked");
                         }
                     }
                 });

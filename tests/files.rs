@@ -1,6 +1,6 @@
 //! Integration tests of the files channel's scheduling guarantees, in
-//! process on 127.0.0.1:0: the reply precedes the chunks, replies and
-//! pushes overtake a running download, concurrent downloads on one socket
+//! process on 127.0.0.1:0: the socket answers while a digest is computed,
+//! the reply precedes the chunks, replies and pushes overtake a running download, concurrent downloads on one socket
 //! interleave, and cancel/leave stop a stream.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -179,7 +179,14 @@ async fn reply_first_then_replies_and_pushes_overtake_a_paused_download() {
         json!(["1", "2", "files:a", "download", {"file": "big.bin", "chunk_size": 262144}]),
     )
     .await;
-    // The reply is always the first thing after the request.
+    // The digest of a new file is computed off the session: a heartbeat sent
+    // right after the request is answered before the download's reply.
+    send(&mut ws, json!([null, "hb0", "phoenix", "heartbeat", {}])).await;
+    match next(&mut ws).await {
+        In::Json(v) => assert_eq!(v[1], "hb0", "heartbeat answered first: {v}"),
+        other => panic!("expected the heartbeat reply, got {other:?}"),
+    }
+    // The reply always precedes the chunks.
     let meta = match next(&mut ws).await {
         In::Json(v) => v,
         other => panic!("the reply must precede the chunks, got {other:?}"),

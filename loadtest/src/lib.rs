@@ -33,6 +33,8 @@ pub mod stats;
 use std::time::Duration;
 
 pub use report::Summary;
+pub use scenarios::download::{DownloadArgs, TransferSummary};
+pub use scenarios::upload::UploadArgs;
 pub use scenarios::{broadcast::BroadcastArgs, echo::EchoArgs};
 
 use crate::client::{Target, TargetError};
@@ -81,6 +83,10 @@ pub enum Scenario {
     Echo(EchoArgs),
     /// S subscribers joined to one room, one publisher pushing into it.
     Broadcast(BroadcastArgs),
+    /// C connections, each downloading --file over its own `files:` channel, verified.
+    Download(DownloadArgs),
+    /// C connections, each uploading --size bytes over its own `files:` channel, windowed.
+    Upload(UploadArgs),
 }
 
 /// Options every scenario takes.
@@ -192,6 +198,8 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Result<Summary, Error>
     match scenario {
         Scenario::Echo(args) => scenarios::echo::run(common, args).await,
         Scenario::Broadcast(args) => scenarios::broadcast::run(common, args).await,
+        Scenario::Download(args) => scenarios::download::run(common, args).await,
+        Scenario::Upload(args) => scenarios::upload::run(common, args).await,
     }
 }
 

@@ -7,7 +7,36 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice_load::{Cli, Error};
+use sluice_load::scenarios::{download, upload};
+use sluice_load::{Cli, Error, Scenario};
+
+/// What a run printed: JSON or a table, and how many errors it counted.
+struct Printed {
+    json: String,
+    table: String,
+    errors: u64,
+}
+
+/// Run the scenario; the files scenarios print their `transfer` figures too.
+async fn run(cli: &Cli) -> Result<Printed, Error> {
+    let transfer = match &cli.scenario {
+        Scenario::Download(args) => download::run_transfer(&cli.common, args).await?,
+        Scenario::Upload(args) => upload::run_transfer(&cli.common, args).await?,
+        other => {
+            let s = sluice_load::run(&cli.common, other).await?;
+            return Ok(Printed {
+                json: s.to_json(),
+                table: s.to_table(),
+                errors: s.errors,
+            });
+        }
+    };
+    Ok(Printed {
+        json: transfer.to_json(),
+        table: transfer.to_table(),
+        errors: transfer.summary.errors,
+    })
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    let result = runtime.block_on(sluice_load::run(&cli.common, &cli.scenario));
+    let result = runtime.block_on(run(&cli));
     // Connection tasks are all finished or aborted by now; don't wait on stragglers.
     runtime.shutdown_background();
     let summary = match result {
@@ -34,9 +63,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.json {
-        println!("{}", summary.to_json());
+        println!("{}", summary.json);
     } else {
-        print!("{}", summary.to_table());
+        print!("{}", summary.table);
     }
     if summary.errors > 0 && !cli.allow_errors {
         eprintln!(

@@ -1,4 +1,4 @@
-//! Runs both scenarios through the library API against the real Sluice
+//! Runs the scenarios through the library API against the real Sluice
 //! server, in process on 127.0.0.1:0.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -219,5 +219,168 @@ async fn unanswered_pushes_are_timeouts_and_a_stall_error() {
     assert_eq!(summary.timeouts, 6);
     assert_eq!(summary.error_kinds.get("stalled"), Some(&2));
     assert!(summary.latency_us.is_none());
+    server.stop().await;
+}
+
+// === files: download and upload (docs/FILES.md) ===
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("sluice-load-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(dir.join("files")).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server serving `dir/files`, storing uploads in `dir/uploads`.
+async fn files_server(dir: &TempDir) -> Server {
+    let files = dir.0.join("files");
+    let uploads = dir.0.join("uploads");
+    start_with(move |c| {
+        c.files_dir = files;
+        c.uploads_dir = uploads;
+    })
+    .await
+}
+
+/// The common checks of a files summary; returns its JSON.
+fn check_transfer(t: &sluice_load::TransferSummary, scenario: &str) -> Value {
+    let v: Value = serde_json::from_str(&t.to_json()).expect("summary is JSON");
+    assert_eq!(v["scenario"], scenario, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["timeouts"], 0, "{v}");
+    assert_eq!(v["transfer"]["digest_mismatches"], 0, "{v}");
+    assert!(v["transfer"]["mb_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["transfer"]["per_transfer_mb_s"]["p50"].is_number(), "{v}");
+    assert!(v["latency_us"]["p50"].is_number(), "{v}");
+    assert!(t.to_table().contains("MB/s"), "{}", t.to_table());
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_verifies_chunks_and_digest() {
+    let dir = TempDir::new("download");
+    let size: usize = 3 * 1024 * 1024 + 4321;
+    let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(dir.0.join("files/big.bin"), &data).unwrap();
+    let server = files_server(&dir).await;
+    let mut c = common(server.addr, 2);
+    c.duration = Duration::from_secs(10);
+
+    // Once per connection, 64 KiB chunks.
+    let mut args = sluice_load::DownloadArgs::new("big.bin");
+    args.chunk_size = Some(64 * 1024);
+    let t = sluice_load::scenarios::download::run_transfer(&c, &args)
+        .await
+        .expect("download runs");
+    let v = check_transfer(&t, "download");
+    assert_eq!(v["connections"]["established"], 2, "{v}");
+    assert_eq!(
+        (v["sent"].as_u64(), v["received"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+    assert_eq!(v["transfer"]["completed"], 2, "{v}");
+    assert_eq!(v["transfer"]["size_bytes"], size, "{v}");
+    assert_eq!(v["transfer"]["chunk_bytes"], 64 * 1024, "{v}");
+    assert_eq!(v["transfer"]["bytes"], 2 * size, "{v}");
+    assert_eq!(v["transfer"]["verified"], true, "{v}");
+    assert!(
+        v["duration_s"].as_f64().unwrap() < 10.0,
+        "ends when done: {v}"
+    );
+
+    // In a loop for a short window, the server's chunk size.
+    let mut c1 = common(server.addr, 1);
+    c1.warmup = Duration::from_millis(100);
+    c1.duration = Duration::from_millis(700);
+    let mut args = sluice_load::DownloadArgs::new("big.bin");
+    args.repeat = true;
+    let summary = sluice_load::run(&c1, &Scenario::Download(args))
+        .await
+        .expect("repeated download runs");
+    assert_eq!(summary.errors, 0, "{:?}", summary.first_error);
+    assert!(summary.received > 0, "{}", summary.to_json());
+
+    // A missing file is a reply error, not a hang.
+    let args = sluice_load::DownloadArgs::new("missing.bin");
+    let started = std::time::Instant::now();
+    let t = sluice_load::scenarios::download::run_transfer(&common(server.addr, 1), &args)
+        .await
+        .expect("runs");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        t.summary.error_kinds.get("reply"),
+        Some(&1),
+        "{}",
+        t.to_json()
+    );
+    assert!(
+        t.summary
+            .first_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not_found"),
+        "{:?}",
+        t.summary.first_error
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_is_windowed_and_verified() {
+    let dir = TempDir::new("upload");
+    let server = files_server(&dir).await;
+    let mut c = common(server.addr, 2);
+    c.duration = Duration::from_secs(10);
+    let size: u64 = 3 * 1024 * 1024 + 5;
+    let mut args = sluice_load::UploadArgs::new(size);
+    args.chunk_size = 256 * 1024;
+    // Smaller than the server's window: credit has to come back.
+    args.window = Some(512 * 1024);
+    args.name = "smoke".into();
+    let t = sluice_load::scenarios::upload::run_transfer(&c, &args)
+        .await
+        .expect("upload runs");
+    let v = check_transfer(&t, "upload");
+    assert_eq!(
+        (v["sent"].as_u64(), v["received"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+    assert_eq!(v["transfer"]["bytes"], 2 * size, "{v}");
+    assert_eq!(v["transfer"]["window_bytes"], 512 * 1024, "{v}");
+
+    // Both files are in place for user 1, with the content's digest.
+    let expected = sluice_load::scenarios::upload::Pattern::new(256 * 1024).sha256(size);
+    let mut found = 0;
+    for entry in std::fs::read_dir(dir.0.join("uploads/1")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("smoke-") && name.ends_with(".bin")) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, size, "{name}");
+        use sha2::Digest as _;
+        let digest = sluice_load::scenarios::download::hex(&sha2::Sha256::digest(&bytes));
+        assert_eq!(digest, expected, "{name}");
+        found += 1;
+    }
+    assert_eq!(found, 2);
     server.stop().await;
 }

@@ -6,7 +6,9 @@
 //! * Names are resolved on the blocking pool through [`super::mapped::FileCache`];
 //!   a refused name is an error reply `{"reason"}` and a counted rejection.
 //! * A stream is attached to the socket's outbox only after its `ok` reply is
-//!   queued ([`Outcome::ReplyThen`]), so the reply always precedes the chunks.
+//!   queued ([`Outcome::Later`] with a follow-up), so the reply always
+//!   precedes the chunks. The file's digest (needed in the reply) is computed
+//!   off the session: the socket keeps answering while it runs.
 //! * One stream per file name per channel (asking again restarts it); at
 //!   most `max_streams_per_socket` streams per socket.
 //! * Ending the channel cancels its streams and drops its upload pipeline
@@ -23,10 +25,13 @@ use super::chunks::{ChunkStream, StreamCtl};
 use super::mapped::{OpenError, OpenFile};
 use super::upload::UploadError;
 use super::uploading::{Pipeline, Target};
-use super::{Files, MIN_CHUNK_BYTES};
-use crate::channel::{Channel, ChannelError, ChannelHandle, ChannelKind, Outcome, Terminate};
-use crate::protocol::{binary, encode_push, Format, Payload, Topic};
+use super::{FileMetrics, Files, MIN_CHUNK_BYTES};
+use crate::channel::{
+    Channel, ChannelError, ChannelHandle, ChannelKind, LateReply, Outcome, Terminate,
+};
+use crate::protocol::{binary, encode_push, Format, Payload, Ref, Topic};
 use crate::stream::plan::Plan;
+use crate::transport::outbox::Outbox;
 
 /// Factory for [`FilesChannel`].
 pub struct FilesKind {
@@ -77,6 +82,85 @@ fn u64_field(v: &Option<Value>, key: &str) -> Result<Option<u64>, ()> {
     match v.as_ref().and_then(|v| v.get(key)) {
         None | Some(Value::Null) => Ok(None),
         Some(x) => x.as_u64().map(Some).ok_or(()),
+    }
+}
+
+/// A download waiting for its file's digest.
+struct StartStream {
+    file: Arc<OpenFile>,
+    plan: Plan,
+    name: String,
+    ctl: Arc<StreamCtl>,
+    topic: String,
+    join_ref: Option<Ref>,
+    format: Format,
+    outbox: Arc<Outbox>,
+    metrics: FileMetrics,
+}
+
+impl StartStream {
+    async fn run(self) -> LateReply {
+        let fail = |r: &str| {
+            LateReply::new(
+                Cow::Borrowed("error"),
+                Payload::json(&json!({ "reason": r })),
+            )
+        };
+        let sha256 = match self.file.sha256().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(file = %self.name, error = %e, "cannot digest file");
+                return fail("io_error");
+            }
+        };
+        let plan = self.plan;
+        let meta = json!({
+            "file": self.name,
+            "size": plan.size,
+            "chunk_size": plan.chunk_size,
+            "chunks": plan.chunks,
+            "first_chunk": plan.first,
+            "offset": plan.first * plan.chunk_size,
+            "sha256": sha256,
+            "etag": self.file.id.etag(),
+        });
+        let complete = json!({
+            "file": self.name,
+            "size": plan.size,
+            "chunks": plan.chunks,
+            "chunk_size": plan.chunk_size,
+            "sha256": sha256,
+        });
+        let header = binary::push_header(self.join_ref.as_ref(), &self.topic, "new chunk");
+        let complete = encode_push(
+            self.format,
+            self.join_ref.as_ref(),
+            &self.topic,
+            "image complete",
+            &Payload::json(&complete),
+        );
+        let (Ok(header), Ok(complete)) = (header, complete) else {
+            return fail("bad_request");
+        };
+        let StartStream {
+            file,
+            ctl,
+            outbox,
+            metrics,
+            ..
+        } = self;
+        LateReply {
+            status: Cow::Borrowed("ok"),
+            response: Payload::json(&meta),
+            then: Some(Box::new(move || {
+                // Cancelled meanwhile (cancel, a restart, the channel ended).
+                if ctl.is_cancelled() {
+                    return;
+                }
+                let stream = ChunkStream::new(file, plan, header, complete, ctl, metrics, &outbox);
+                outbox.add_stream(Box::new(stream));
+            })),
+        }
     }
 }
 
@@ -158,41 +242,6 @@ impl FilesChannel {
         if u32::try_from(plan.chunks).is_err() {
             return Ok(reason("too_many_chunks"));
         }
-        let sha256 = match file.sha256().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(file = %req.file, error = %e, "cannot digest file");
-                return Ok(reason("io_error"));
-            }
-        };
-        let meta = json!({
-            "file": req.file,
-            "size": plan.size,
-            "chunk_size": plan.chunk_size,
-            "chunks": plan.chunks,
-            "first_chunk": plan.first,
-            "offset": plan.first * plan.chunk_size,
-            "sha256": sha256,
-            "etag": file.id.etag(),
-        });
-        let complete = json!({
-            "file": req.file,
-            "size": plan.size,
-            "chunks": plan.chunks,
-            "chunk_size": plan.chunk_size,
-            "sha256": sha256,
-        });
-        let header = binary::push_header(ch.join_ref(), ch.topic().as_str(), "new chunk");
-        let complete = encode_push(
-            ch.format(),
-            ch.join_ref(),
-            ch.topic().as_str(),
-            "image complete",
-            &Payload::json(&complete),
-        );
-        let (Ok(header), Ok(complete)) = (header, complete) else {
-            return Ok(reason("bad_request"));
-        };
         if plan.first > 0 {
             self.files.metrics.resumes.increment(1);
         }
@@ -201,23 +250,21 @@ impl FilesChannel {
         }
         let ctl = Arc::new(StreamCtl::default());
         self.streams.insert(req.file.clone(), ctl.clone());
-        let stream = ChunkStream::new(
+        // The digest of a file not seen before takes a while (about a second
+        // per GB): compute it off the session, so the socket keeps answering
+        // heartbeats and other channels meanwhile. Reply, then attach the stream.
+        let start = StartStream {
             file,
             plan,
-            header,
-            complete,
+            name: req.file,
             ctl,
-            self.files.metrics.clone(),
-            &ch.outbox,
-        );
-        let outbox = ch.outbox.clone();
-        Ok(Outcome::ReplyThen {
-            status: Cow::Borrowed("ok"),
-            response: Payload::json(&meta),
-            then: Box::new(move || {
-                outbox.add_stream(Box::new(stream));
-            }),
-        })
+            topic: ch.topic().as_str().to_owned(),
+            join_ref: ch.join_ref().cloned(),
+            format: ch.format(),
+            outbox: ch.outbox.clone(),
+            metrics: self.files.metrics.clone(),
+        };
+        Ok(Outcome::Later(Box::pin(start.run())))
     }
 
     async fn fetch(&mut self, ch: &ChannelHandle, payload: &Payload) -> Outcome {

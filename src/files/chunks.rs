@@ -47,6 +47,11 @@ impl StreamCtl {
         self.cancelled.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the stream was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Whether the stream sent everything.
     pub fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Relaxed)

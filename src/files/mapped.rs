@@ -23,7 +23,7 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -247,7 +247,13 @@ impl FileCache {
     /// Resolve and open `name` (blocking).
     pub fn open(&self, name: &str) -> Result<Arc<OpenFile>, OpenError> {
         let path = paths::resolve(&self.root, name)?;
-        let file = File::open(&path).map_err(|_| PathError::NotFound)?;
+        // O_NONBLOCK: if a FIFO was swapped in after the check, opening it
+        // must not block a pool thread until some writer appears.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|_| PathError::NotFound)?;
         // The name was resolved before the open: make sure what we opened is
         // still under the root (a component swapped for a symlink in between).
         if let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", fd(&file))) {

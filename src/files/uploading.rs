@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, OwnedMutexGuard, OwnedSemaphorePermit, Semaphor
 
 use super::upload::{Partial, UploadError, UploadStore};
 use super::FileMetrics;
-use crate::channel::LaterReply;
+use crate::channel::{LateReply, LaterReply};
 use crate::protocol::Payload;
 
 /// Where the bytes go.
@@ -119,7 +119,7 @@ impl Pipeline {
             }
         };
         let Ok(credit) = credit else {
-            return Box::pin(async { error(json!({"reason": "upload_closed"})) });
+            return later(error(json!({"reason": "upload_closed"})));
         };
         let (reply, rx) = oneshot::channel();
         self.send(
@@ -147,13 +147,19 @@ impl Pipeline {
 
     async fn send(&self, job: Job, rx: oneshot::Receiver<Reply>) -> LaterReply {
         if self.jobs.send(job).await.is_err() {
-            return Box::pin(async { error(json!({"reason": "upload_closed"})) });
+            return later(error(json!({"reason": "upload_closed"})));
         }
         Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| error(json!({"reason": "upload_closed"})))
+            let (status, response) = rx
+                .await
+                .unwrap_or_else(|_| error(json!({"reason": "upload_closed"})));
+            LateReply::new(status, response)
         })
     }
+}
+
+fn later((status, response): Reply) -> LaterReply {
+    Box::pin(async move { LateReply::new(status, response) })
 }
 
 fn failure(e: &UploadError) -> Reply {

@@ -2,7 +2,8 @@
 //!
 //! # Contract
 //! * A name is a relative path of plain components: empty names, absolute
-//!   paths, `..`, `.`, backslashes and NUL bytes are refused before the file
+//!   paths, empty, `.` and `..` segments, segments over 255 bytes, names over
+//!   1024 bytes, backslashes and NUL bytes are refused before the file
 //!   system is touched.
 //! * The joined path is then canonicalized (symlinks resolved) and must still
 //!   lie under the canonical root: a symlink pointing outside is refused.
@@ -40,9 +41,22 @@ impl PathError {
     }
 }
 
+/// Longest name accepted (a relative path).
+pub const MAX_NAME: usize = 1024;
+/// Longest path segment accepted (the usual file-system limit).
+pub const MAX_SEGMENT: usize = 255;
+
 /// Check the form of a name without touching the file system.
 pub fn check_name(name: &str) -> Result<&Path, PathError> {
-    if name.is_empty() || name.contains('\0') || name.contains('\\') || name.len() > 1024 {
+    if name.is_empty() || name.contains('\0') || name.contains('\\') || name.len() > MAX_NAME {
+        return Err(PathError::Invalid);
+    }
+    // Judge the text itself: `Path::components` would silently drop a `.`
+    // or an empty segment in the middle (`a/./b`, `a//b`).
+    if name
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.len() > MAX_SEGMENT)
+    {
         return Err(PathError::Invalid);
     }
     let path = Path::new(name);
@@ -84,6 +98,10 @@ mod tests {
             "./a",
             "a\\b",
             "a\0b",
+            "a/./b",
+            "a//b",
+            "a/",
+            &"x".repeat(256),
         ] {
             assert_eq!(check_name(bad), Err(PathError::Invalid), "{bad:?}");
         }

@@ -294,6 +294,12 @@ async fn run_socket<R, W>(
     tracing::debug!(socket = id, reason = end.label(), "socket closed");
 }
 
+/// Most bytes discarded after the server decided to close, before giving up
+/// on a clean close handshake.
+const DRAIN_MAX_BYTES: usize = 64 << 20;
+/// How long the reader keeps discarding input after a server-side close.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn read_loop<R: AsyncRead + Unpin>(
     app: &App,
     read: R,
@@ -302,14 +308,58 @@ async fn read_loop<R: AsyncRead + Unpin>(
     format: Format,
     done: &CancellationToken,
 ) -> End {
-    let cfg = &app.config;
     let base = tokio::time::Instant::now();
     let last_ms = Arc::new(AtomicU64::new(0));
-    let read = Tracked {
+    let mut read = Tracked {
         inner: read,
         base,
         last_ms: last_ms.clone(),
     };
+    let end = read_messages(
+        app, &mut read, base, &last_ms, outbox, session, format, done,
+    )
+    .await;
+    if !matches!(end, End::ClientClose | End::Eof | End::ServerClose) {
+        // We asked to close while the client may still be sending (the rest of
+        // an oversized message, say). Closing a socket with unread input makes
+        // the kernel send a reset that can overtake our close frame, so keep
+        // reading and discarding until the client hangs up, the writer is
+        // done, or a bound is hit.
+        drain(&mut read, done).await;
+    }
+    end
+}
+
+async fn drain<R: AsyncRead + Unpin>(read: &mut R, done: &CancellationToken) {
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    let discard = async {
+        while total < DRAIN_MAX_BYTES {
+            match read.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    tokio::select! {
+        _ = discard => {}
+        _ = done.cancelled() => {}
+        _ = tokio::time::sleep(DRAIN_FOR) => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_messages<R: AsyncRead + Unpin>(
+    app: &App,
+    read: &mut R,
+    base: tokio::time::Instant,
+    last_ms: &AtomicU64,
+    outbox: &Arc<Outbox>,
+    session: &mut Handler,
+    format: Format,
+    done: &CancellationToken,
+) -> End {
+    let cfg = &app.config;
     let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     // fastwebsockets refuses a frame when `len >= max`; ours is inclusive.
     ws.set_max_message_size(cfg.max_frame_bytes.saturating_add(1));
@@ -337,7 +387,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         let frame = tokio::select! {
             r = ws.read_frame(&mut send_fn) => r,
-            _ = silence(base, &last_ms, cfg.idle_timeout) => {
+            _ = silence(base, last_ms, cfg.idle_timeout) => {
                 m.idle_timeouts.increment(1);
                 outbox.close(close_code::GOING_AWAY, "idle timeout");
                 return End::Idle;

@@ -2,7 +2,9 @@
 //! `run(common, args) -> Summary` built on [`crate::harness`].
 
 pub mod broadcast;
+pub mod download;
 pub mod echo;
+pub mod upload;
 
 /// Format `n` in decimal into `buf` without allocating; returns the digits.
 pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &str {
