@@ -35,7 +35,7 @@ before(async () => {
     mid: writeRandomFile(F("mid.bin"), 3 * MiB + 1234),     // not a multiple of any chunk size
     small: writeRandomFile(F("small.bin"), 100 * KiB),
     png: writeRandomFile(F("channel.png"), 30 * KiB),       // the default `request-image` file
-    fresh: writeRandomFile(F("fresh.bin"), 32 * MiB),       // digested only by the TODO test
+    fresh: writeRandomFile(F("fresh.bin"), 32 * MiB),       // its first digest is timed against an echo
     inner: writeRandomFile(F("sub/inner.bin"), 5000),
     empty: writeTestFile(F("empty.bin"), Buffer.alloc(0)),
     secret: writeRandomFile(path.join(tree.outside, "secret.bin"), 4096),
