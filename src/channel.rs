@@ -143,8 +143,10 @@ pub enum Outcome {
         reply: Option<(Cow<'static, str>, Payload)>,
     },
     /// Reply when the future resolves (e.g. once a chunk is on disk); the
-    /// socket goes on handling later messages meanwhile. The channel bounds
-    /// how many such replies it has outstanding (uploads: by the credit window).
+    /// socket goes on handling later messages meanwhile. A channel's deferred
+    /// replies are sent in the order of the pushes they answer (each future is
+    /// awaited after the previous one); at most 1024 may be outstanding per
+    /// channel, past which the socket waits before reading more.
     Later(LaterReply),
 }
 

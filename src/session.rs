@@ -22,7 +22,9 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 
 use crate::app::App;
-use crate::channel::{Channel, ChannelHandle, JoinError, LateReply, Outcome, Terminate};
+use crate::channel::{
+    Channel, ChannelHandle, JoinError, LateReply, LaterReply, Outcome, Terminate,
+};
 use crate::metrics;
 use crate::protocol::{self, Event, Format, Frame, Message, Payload, Ref, Topic, MAX_META_LEN};
 use crate::transport::outbox::Outbox;
@@ -31,6 +33,61 @@ struct Joined {
     join_ref: Option<Ref>,
     channel: Box<dyn Channel>,
     handle: ChannelHandle,
+    /// Deferred replies of this channel, sent in push order by one task
+    /// (created on first use; it ends once this sender is gone and the
+    /// queue is drained).
+    later: Option<tokio::sync::mpsc::Sender<(Option<Ref>, LaterReply)>>,
+}
+
+/// Most deferred replies one channel may have outstanding.
+const LATER_QUEUE: usize = 1024;
+
+/// Where a channel's deferred replies go.
+struct LaterContext {
+    format: Format,
+    outbox: Arc<Outbox>,
+    id: u64,
+    topic: Topic,
+    join_ref: Option<Ref>,
+}
+
+/// Await a channel's deferred replies one after the other, so they reach the
+/// client in the order of the pushes they answer, then run their follow-ups.
+async fn send_later_replies(
+    mut rx: tokio::sync::mpsc::Receiver<(Option<Ref>, LaterReply)>,
+    cx: LaterContext,
+) {
+    while let Some((ref_, reply)) = rx.recv().await {
+        let Ok(LateReply {
+            status,
+            response,
+            then,
+        }) = AssertUnwindSafe(reply).catch_unwind().await
+        else {
+            tracing::error!(socket = cx.id, topic = %cx.topic, "deferred reply panicked");
+            continue;
+        };
+        match protocol::encode_reply(
+            cx.format,
+            cx.join_ref.as_ref(),
+            ref_.as_ref(),
+            cx.topic.as_str(),
+            &status,
+            &response,
+        ) {
+            Ok(frame) => {
+                cx.outbox.push_control(frame);
+            }
+            Err(e) => {
+                tracing::warn!(socket = cx.id, topic = %cx.topic, error = %e, "deferred reply not encodable")
+            }
+        }
+        if let Some(then) = then {
+            if std::panic::catch_unwind(AssertUnwindSafe(then)).is_err() {
+                tracing::error!(socket = cx.id, topic = %cx.topic, "deferred follow-up panicked");
+            }
+        }
+    }
 }
 
 /// One socket's session state.
@@ -245,6 +302,7 @@ impl Session {
                         join_ref,
                         channel,
                         handle,
+                        later: None,
                     },
                 );
             }
@@ -322,40 +380,26 @@ impl Session {
             }
             Ok(Ok(Outcome::Later(reply))) => {
                 let (format, outbox, id) = (self.format, self.outbox.clone(), self.id);
-                let ref_ = msg.ref_.clone();
-                // Bounded by the channel (see `Outcome::Later`); ends when the
-                // future resolves, which the channel guarantees.
-                tokio::spawn(async move {
-                    let Ok(LateReply {
-                        status,
-                        response,
-                        then,
-                    }) = AssertUnwindSafe(reply).catch_unwind().await
-                    else {
-                        tracing::error!(socket = id, %topic, "deferred reply panicked");
-                        return;
-                    };
-                    match protocol::encode_reply(
-                        format,
-                        join_ref.as_ref(),
-                        ref_.as_ref(),
-                        topic.as_str(),
-                        &status,
-                        &response,
-                    ) {
-                        Ok(frame) => {
-                            outbox.push_control(frame);
-                        }
-                        Err(e) => {
-                            tracing::warn!(socket = id, %topic, error = %e, "deferred reply not encodable")
-                        }
-                    }
-                    if let Some(then) = then {
-                        if std::panic::catch_unwind(AssertUnwindSafe(then)).is_err() {
-                            tracing::error!(socket = id, %topic, "deferred follow-up panicked");
-                        }
-                    }
+                let Some(joined) = self.channels.get_mut(&topic) else {
+                    return;
+                };
+                let queue = joined.later.get_or_insert_with(|| {
+                    let (tx, rx) = tokio::sync::mpsc::channel(LATER_QUEUE);
+                    tokio::spawn(send_later_replies(
+                        rx,
+                        LaterContext {
+                            format,
+                            outbox,
+                            id,
+                            topic: topic.clone(),
+                            join_ref: join_ref.clone(),
+                        },
+                    ));
+                    tx
                 });
+                // Waits when the channel has LATER_QUEUE replies outstanding:
+                // the socket is then not read (backpressure).
+                let _ = queue.send((msg.ref_.clone(), reply)).await;
             }
             Ok(Ok(Outcome::NoReply)) => {}
             Ok(Ok(Outcome::Stop { reply })) => {

@@ -336,3 +336,67 @@ async fn two_downloads_on_one_socket_interleave_and_cancel_and_leave_stop_stream
     assert!(quiet.is_err(), "no more frames: {quiet:?}");
     server.stop().await;
 }
+
+/// A kind-0 client push with a binary payload (V2 binary serializer).
+fn binary_push(join_ref: &str, ref_: &str, topic: &str, event: &str, data: &[u8]) -> Vec<u8> {
+    let mut f = vec![
+        0u8,
+        join_ref.len() as u8,
+        ref_.len() as u8,
+        topic.len() as u8,
+        event.len() as u8,
+    ];
+    for s in [join_ref, ref_, topic, event] {
+        f.extend_from_slice(s.as_bytes());
+    }
+    f.extend_from_slice(data);
+    f
+}
+
+#[tokio::test]
+async fn pipelined_upload_acks_come_back_in_push_order() {
+    let (server, _) = start("acks", &[]).await;
+    let mut ws = connect(server.addr).await;
+    join(&mut ws, "files:up", "1").await;
+    let data = content(4 << 20);
+    let sha = format!("{:x}", Sha256::digest(&data));
+    send(
+        &mut ws,
+        json!(["1", "s", "files:up", "upload:start", {"name": "acks.bin", "size": data.len(), "sha256": sha}]),
+    )
+    .await;
+    let start = match next(&mut ws).await {
+        In::Json(v) => v[4]["response"].clone(),
+        other => panic!("expected the start reply, got {other:?}"),
+    };
+    assert_eq!(start["offset"], 0);
+    // 1024 chunks of 4 KiB, all sent before reading any reply (within the window).
+    for (i, chunk) in data.chunks(4096).enumerate() {
+        let frame = binary_push("1", &format!("c{i}"), "files:up", "chunk", chunk);
+        ws.send(Message::Binary(frame)).await.unwrap();
+    }
+    for i in 0..1024usize {
+        match next(&mut ws).await {
+            In::Json(v) => {
+                assert_eq!(v[1], format!("c{i}").as_str(), "replies in push order");
+                assert_eq!(v[4]["response"]["offset"], (i + 1) * 4096);
+            }
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    send(
+        &mut ws,
+        json!(["1", "f", "files:up", "upload:finish", {"upload_id": start["upload_id"]}]),
+    )
+    .await;
+    match next(&mut ws).await {
+        In::Json(v) => {
+            assert_eq!(v[4]["status"], "ok", "{v}");
+            assert_eq!(v[4]["response"]["sha256"], sha.as_str());
+        }
+        other => panic!("expected the finish reply, got {other:?}"),
+    }
+    let stored = std::fs::read(server.dir.join("uploads/7/acks.bin")).unwrap();
+    assert!(stored == data, "byte-identical");
+    server.stop().await;
+}
