@@ -51,6 +51,10 @@ async fn start() -> Server {
 async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".parse().unwrap();
+    // Never the default `var/` dirs (they would be created in the source tree).
+    let scratch = std::env::temp_dir().join(format!("sluice-load-smoke-{}", std::process::id()));
+    config.files_dir = scratch.join("files");
+    config.uploads_dir = scratch.join("uploads");
     config.drain_grace = Duration::from_secs(5);
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
