@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_DIR := tests/e2e
 
-.PHONY: run test lint unit e2e bench bench-build fuzz-build fuzz clean
+.PHONY: run test lint unit e2e bench bench-build bench-files fuzz-build fuzz clean
 
 ## Serve the demo and every endpoint on http://localhost:4000 with embedded defaults.
 run:
@@ -40,7 +40,11 @@ e2e:
 	cd $(E2E_DIR) && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && SLUICE_BIN=$(CURDIR)/target/debug/sluice npm test
 
 bench:
-	$(CARGO) bench --bench protocol --bench fanout
+	$(CARGO) bench --bench protocol --bench fanout --bench chunks
+
+## Loopback file throughput and server CPU per GB, Sluice vs nginx (sendfile); installs nginx if missing.
+bench-files:
+	loadtest/files-bench.sh
 
 clean:
 	$(CARGO) clean
