@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sluice::config::SlowConsumerPolicy;
-use sluice::files::chunks::{chunk_frame, ChunkStream, StreamCtl};
+use sluice::files::chunks::{chunk_frame, ChunkStream, Endings, StreamCtl};
 use sluice::files::mapped::FileCache;
 use sluice::files::FileMetrics;
 use sluice::metrics::Metrics;
@@ -75,8 +75,11 @@ fn pull_through_outbox(c: &mut Criterion) {
                     file.clone(),
                     plan,
                     header.clone(),
-                    complete,
-                    Arc::new(StreamCtl::default()),
+                    Endings {
+                        complete: complete.clone(),
+                        failed: complete,
+                    },
+                    Arc::new(StreamCtl::new(outbox.try_reserve_stream(1).unwrap())),
                     FileMetrics::new(),
                     &outbox,
                 )));

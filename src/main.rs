@@ -90,6 +90,9 @@ fn main() -> ExitCode {
         server.run(listener, shutdown).await?;
         Ok(())
     });
+    // Blocking work still running (a digest of a large file, an upload
+    // write) must not keep the process past the drain.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -129,7 +129,7 @@ fn describe() {
     describe_gauge!("sluice_streams_active", "Download streams running.");
     describe_counter!(
         "sluice_streams_total",
-        "Finished download streams by end (complete, cancelled, closed)."
+        "Finished download streams by end (complete, cancelled, failed, closed)."
     );
     describe_counter!(
         "sluice_stream_resumes_total",

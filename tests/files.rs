@@ -44,6 +44,14 @@ fn content(len: usize) -> Vec<u8> {
 }
 
 async fn start(tag: &str, files: &[(&str, usize)]) -> (Server, Vec<Vec<u8>>) {
+    start_with(tag, files, |_| {}).await
+}
+
+async fn start_with(
+    tag: &str,
+    files: &[(&str, usize)],
+    tweak: impl FnOnce(&mut Config),
+) -> (Server, Vec<Vec<u8>>) {
     let dir = std::env::temp_dir().join(format!("sluice-files-it-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("files")).unwrap();
@@ -59,6 +67,7 @@ async fn start(tag: &str, files: &[(&str, usize)]) -> (Server, Vec<Vec<u8>>) {
     config.uploads_dir = dir.join("uploads");
     config.file_settle = Duration::ZERO;
     config.drain_grace = Duration::from_secs(5);
+    tweak(&mut config);
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
@@ -398,5 +407,128 @@ async fn pipelined_upload_acks_come_back_in_push_order() {
     }
     let stored = std::fs::read(server.dir.join("uploads/7/acks.bin")).unwrap();
     assert!(stored == data, "byte-identical");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stream_limit_counts_downloads_waiting_for_their_digest_and_restarts_replace() {
+    let (server, _) = start_with("limit", &[("a.bin", 32 << 20), ("b.bin", 32 << 20)], |c| {
+        c.max_streams_per_socket = 2;
+    })
+    .await;
+    let mut ws = connect(server.addr).await;
+    for (i, topic) in ["files:1", "files:2", "files:3"].iter().enumerate() {
+        join(&mut ws, topic, &format!("{i}")).await;
+    }
+    // The same file asked twice on one channel before its digest is known,
+    // then a third stream on another channel: the restart replaces the first
+    // request (one stream, one `image complete`), the third exceeds the limit
+    // of 2 only if pending downloads count.
+    send(
+        &mut ws,
+        json!(["0", "a1", "files:1", "download", {"file": "a.bin"}]),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!(["0", "a2", "files:1", "download", {"file": "a.bin"}]),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!(["1", "b", "files:2", "download", {"file": "b.bin"}]),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!(["2", "c", "files:3", "download", {"file": "b.bin"}]),
+    )
+    .await;
+    let mut replies = std::collections::HashMap::new();
+    let mut completes = Vec::new();
+    while completes.len() < 2 {
+        match next(&mut ws).await {
+            In::Json(v) if v[3] == "phx_reply" => {
+                replies.insert(v[1].as_str().unwrap().to_owned(), v[4].clone());
+            }
+            In::Json(v) if v[3] == "image complete" => completes.push(v[2].clone()),
+            In::Json(v) => panic!("unexpected {v}"),
+            In::Push(..) => {}
+        }
+    }
+    assert_eq!(
+        replies["c"]["response"]["reason"], "too_many_streams",
+        "{replies:?}"
+    );
+    assert_eq!(replies["b"]["status"], "ok");
+    assert_eq!(replies["a2"]["status"], "ok");
+    completes.sort_by_key(|t| t.to_string());
+    assert_eq!(
+        completes,
+        vec![json!("files:1"), json!("files:2")],
+        "one stream per request that survived"
+    );
+    // Nothing else arrives: the replaced request never started its stream.
+    send(&mut ws, json!([null, "hb", "phoenix", "heartbeat", {}])).await;
+    loop {
+        match next(&mut ws).await {
+            In::Json(v) if v[1] == "hb" => break,
+            In::Json(v) if v[3] == "image complete" => panic!("a third stream ran: {v}"),
+            _ => {}
+        }
+    }
+    // Slots are released when streams end: a new download is accepted.
+    send(
+        &mut ws,
+        json!(["2", "c2", "files:3", "download", {"file": "b.bin", "offset": 32 << 20}]),
+    )
+    .await;
+    match next(&mut ws).await {
+        In::Json(v) => assert_eq!(v[4]["status"], "ok", "{v}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_chunk_after_finish_is_refused_not_appended_to_an_implicit_file() {
+    let (server, _) = start("stray", &[]).await;
+    let mut ws = connect(server.addr).await;
+    join(&mut ws, "files:up", "1").await;
+    send(
+        &mut ws,
+        json!(["1", "s", "files:up", "upload:start", {"name": "one.bin", "size": 3}]),
+    )
+    .await;
+    let start = match next(&mut ws).await {
+        In::Json(v) => v[4]["response"].clone(),
+        other => panic!("unexpected {other:?}"),
+    };
+    let frame = binary_push("1", "c", "files:up", "chunk", b"abc");
+    ws.send(Message::Binary(frame)).await.unwrap();
+    send(
+        &mut ws,
+        json!(["1", "f", "files:up", "upload:finish", {"upload_id": start["upload_id"]}]),
+    )
+    .await;
+    let frame = binary_push("1", "x", "files:up", "chunk", b"stray");
+    ws.send(Message::Binary(frame)).await.unwrap();
+    let mut got = std::collections::HashMap::new();
+    while got.len() < 3 {
+        if let In::Json(v) = next(&mut ws).await {
+            got.insert(v[1].as_str().unwrap().to_owned(), v[4].clone());
+        }
+    }
+    assert_eq!(got["c"]["response"]["offset"], 3);
+    assert_eq!(got["f"]["status"], "ok");
+    assert_eq!(got["x"]["response"]["reason"], "no_upload");
+    let user_dir = server.dir.join("uploads/7");
+    let mut names: Vec<_> = std::fs::read_dir(&user_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["one.bin"], "no implicit files-up.bin");
     server.stop().await;
 }

@@ -261,6 +261,9 @@ settings! {
     max_upload_bytes: u64 = "4GiB" via values::size;
     /// Upload credit window: bytes a client may send before they are acknowledged.
     upload_window_bytes: usize = "8MiB" via values::nonzero_size;
+    /// Upload bytes that may wait for the disk across the whole server (all
+    /// uploads share it; past it sockets sending chunks are not read).
+    upload_buffer_bytes: usize = "256MiB" via values::nonzero_size;
     /// Most download streams running at once on one socket.
     max_streams_per_socket: usize = "16" via values::positive;
     /// Most memory-mapped files kept open for sharing between downloads.

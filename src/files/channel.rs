@@ -21,9 +21,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::chunks::{ChunkStream, StreamCtl};
+use super::chunks::{ChunkStream, Endings, StreamCtl};
 use super::mapped::{OpenError, OpenFile};
-use super::upload::UploadError;
 use super::uploading::{Pipeline, Target};
 use super::{FileMetrics, Files, MIN_CHUNK_BYTES};
 use crate::channel::{
@@ -51,6 +50,7 @@ impl ChannelKind for FilesKind {
             files: self.files.clone(),
             streams: HashMap::new(),
             upload: None,
+            verified: false,
         })
     }
 }
@@ -61,6 +61,18 @@ pub struct FilesChannel {
     /// Running streams by file name (finished ones are pruned lazily).
     streams: HashMap<String, Arc<StreamCtl>>,
     upload: Option<Pipeline>,
+    /// This channel has used `upload:start`: stray chunks are refused.
+    verified: bool,
+}
+
+impl Drop for FilesChannel {
+    /// However the channel ends (leave, crash, socket gone), its streams stop,
+    /// including ones still waiting for their digest.
+    fn drop(&mut self) {
+        for ctl in self.streams.values() {
+            ctl.cancel();
+        }
+    }
 }
 
 fn reason(r: &str) -> Outcome {
@@ -139,7 +151,14 @@ impl StartStream {
             "image complete",
             &Payload::json(&complete),
         );
-        let (Ok(header), Ok(complete)) = (header, complete) else {
+        let failed = encode_push(
+            self.format,
+            self.join_ref.as_ref(),
+            &self.topic,
+            "download error",
+            &Payload::json(&json!({"file": self.name, "reason": "io_error"})),
+        );
+        let (Ok(header), Ok(complete), Ok(failed)) = (header, complete, failed) else {
             return fail("bad_request");
         };
         let StartStream {
@@ -157,7 +176,8 @@ impl StartStream {
                 if ctl.is_cancelled() {
                     return;
                 }
-                let stream = ChunkStream::new(file, plan, header, complete, ctl, metrics, &outbox);
+                let endings = Endings { complete, failed };
+                let stream = ChunkStream::new(file, plan, header, endings, ctl, metrics, &outbox);
                 outbox.add_stream(Box::new(stream));
             })),
         }
@@ -225,12 +245,19 @@ impl FilesChannel {
             Ok(r) => r,
             Err(o) => return Ok(o),
         };
-        self.streams.retain(|_, c| !c.is_finished());
+        self.streams.retain(|_, c| !c.is_ended());
         let restarting = self.streams.get(&req.file).cloned();
-        let running = ch.outbox.stream_count() - usize::from(restarting.is_some());
-        if running >= self.files.limits.max_streams_per_socket {
-            return Ok(reason("too_many_streams"));
+        if let Some(old) = &restarting {
+            old.cancel();
         }
+        // Reserved from now until the stream is dropped, so downloads waiting
+        // for their digest count too.
+        let Some(slot) = ch
+            .outbox
+            .try_reserve_stream(self.files.limits.max_streams_per_socket)
+        else {
+            return Ok(reason("too_many_streams"));
+        };
         let file = match self.open(&req.file).await {
             Ok(f) => f,
             Err(o) => return Ok(o),
@@ -245,10 +272,7 @@ impl FilesChannel {
         if plan.first > 0 {
             self.files.metrics.resumes.increment(1);
         }
-        if let Some(old) = restarting {
-            old.cancel();
-        }
-        let ctl = Arc::new(StreamCtl::default());
+        let ctl = Arc::new(StreamCtl::new(slot));
         self.streams.insert(req.file.clone(), ctl.clone());
         // The digest of a file not seen before takes a while (about a second
         // per GB): compute it off the session, so the socket keeps answering
@@ -305,13 +329,13 @@ impl FilesChannel {
         match str_field(&v, "file") {
             Some(name) => {
                 if let Some(ctl) = self.streams.remove(name) {
-                    n += usize::from(!ctl.is_finished());
+                    n += usize::from(!ctl.is_ended());
                     ctl.cancel();
                 }
             }
             None => {
                 for (_, ctl) in self.streams.drain() {
-                    n += usize::from(!ctl.is_finished());
+                    n += usize::from(!ctl.is_ended());
                     ctl.cancel();
                 }
             }
@@ -347,62 +371,54 @@ impl FilesChannel {
                 &json!({"reason": "too_large", "size": size, "max": max}),
             ));
         }
-        // A previous upload on this channel is suspended (its partial kept).
+        // A previous upload on this channel is abandoned (its partial kept for
+        // a resume). A start of the same partial elsewhere (a reconnect while
+        // the old socket is still open) takes it over: the older pipeline's
+        // next write answers `superseded`.
         self.upload = None;
-        let key = self
-            .files
-            .uploads
-            .user_dir(&user)
-            .join(format!("{name}\u{0}{size}"));
-        let lock = self.files.partial_lock(key);
-        let guard =
-            match tokio::time::timeout(std::time::Duration::from_secs(10), lock.lock_owned()).await
-            {
-                Ok(g) => g,
-                Err(_) => return reason("busy"),
-            };
-        let store = self.files.uploads.clone();
-        let started =
-            tokio::task::spawn_blocking(move || store.start(&user, &name, size, sha.as_deref()))
-                .await;
-        let partial = match started {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return upload_error(&e),
-            Err(_) => return reason("storage"),
-        };
-        let offset = partial.offset();
+        self.verified = true;
         let id = format!("{:016x}", rand::random::<u64>());
-        let window = self.files.limits.upload_window_bytes;
-        self.upload = Some(Pipeline::start(
-            id.clone(),
-            Target::Verified(Box::new(partial)),
-            window,
+        let (pipeline, started) = Pipeline::start(
+            id,
+            Target::Verified {
+                store: self.files.uploads.clone(),
+                user,
+                name,
+                size,
+                sha256: sha,
+            },
+            self.files.credit(),
             self.files.metrics.clone(),
-            Some(guard),
-        ));
-        Outcome::ok(Payload::json(
-            &json!({"upload_id": id, "offset": offset, "window": window}),
-        ))
+        );
+        self.upload = Some(pipeline);
+        // Opening a partial re-hashes what it holds: done by the worker, so the
+        // socket is not held up; the reply comes when it is ready.
+        Outcome::Later(started)
     }
 
     async fn chunk(&mut self, ch: &ChannelHandle, data: Bytes) -> Outcome {
         if self.upload.is_none() {
+            if self.verified {
+                // This channel uses upload:start: a chunk outside an upload is
+                // refused, never appended to the seed-style implicit file.
+                return reason("no_upload");
+            }
             // The seed's semantics: append to a file named after the topic.
             let Some(user) = Self::user(ch) else {
                 return reason("unauthorized");
             };
             let name = implicit_name(ch.topic().as_str());
-            self.upload = Some(Pipeline::start(
+            let (pipeline, _opened) = Pipeline::start(
                 String::new(),
                 Target::Append {
                     store: self.files.uploads.clone(),
                     user,
                     name,
                 },
-                self.files.limits.upload_window_bytes,
+                self.files.credit(),
                 self.files.metrics.clone(),
-                None,
-            ));
+            );
+            self.upload = Some(pipeline);
         }
         match &self.upload {
             Some(p) => Outcome::Later(p.chunk(data).await),
@@ -424,18 +440,6 @@ impl FilesChannel {
             Outcome::Later(p.finish().await)
         } else {
             Outcome::Later(p.abort().await)
-        }
-    }
-}
-
-fn upload_error(e: &UploadError) -> Outcome {
-    match e {
-        UploadError::TooLarge { size, max } => Outcome::error(Payload::json(
-            &json!({"reason": e.reason(), "size": size, "max": max}),
-        )),
-        _ => {
-            tracing::info!(reason = e.reason(), error = %e, "upload:start refused");
-            reason(e.reason())
         }
     }
 }

@@ -4,7 +4,8 @@
 //! # Contract
 //! * Frames are `new chunk` binary pushes, payload `<<index::32 big-endian,
 //!   bytes>>`, for the chunks of the [`Plan`] in order, then the prepared
-//!   `image complete` push; then the stream is done.
+//!   `image complete` push; then the stream is done. If the file cannot be
+//!   read any more, a `download error` push `{file, reason}` ends it instead.
 //! * Mapped files: each chunk is a zero-copy slice of the map; its head is the
 //!   stream's precomputed Phoenix header plus the 4-byte index. The next few
 //!   chunks are advised to the kernel (`MADV_WILLNEED`) so `writev` rarely
@@ -13,7 +14,8 @@
 //!   on the blocking pool; `pull` returns [`Pull::Pending`] until one is ready.
 //! * [`StreamCtl::cancel`] stops the stream at the next pull (no `image
 //!   complete`). Every stream counts itself in `sluice_streams_active` while it
-//!   exists and in `sluice_streams_total{end}` once.
+//!   exists and in `sluice_streams_total{end}` once; its [`StreamCtl`] holds
+//!   the socket's [`StreamSlot`] until the stream ends or is cancelled.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,24 +29,40 @@ use super::mapped::OpenFile;
 use super::FileMetrics;
 use crate::protocol::{Frame, Opcode};
 use crate::stream::plan::Plan;
-use crate::transport::outbox::{Outbox, Pull, Stream};
+use crate::transport::outbox::{Outbox, Pull, Stream, StreamSlot};
 
 /// Chunks a copied stream reads ahead of the writer.
 pub const COPIED_AHEAD: usize = 2;
 /// Bytes advised to the kernel ahead of the chunk being sent (mapped files).
 pub const READ_AHEAD_BYTES: u64 = 4 << 20;
 
-/// Cancels a running stream from its channel.
-#[derive(Debug, Default)]
+/// Controls one download from its channel, from the request on. It holds
+/// the socket's [`StreamSlot`] until the download ends or is cancelled.
 pub struct StreamCtl {
     cancelled: AtomicBool,
-    finished: AtomicBool,
+    ended: AtomicBool,
+    slot: Mutex<Option<StreamSlot>>,
 }
 
 impl StreamCtl {
-    /// Stop the stream at its next pull.
+    /// A control holding `slot`.
+    pub fn new(slot: StreamSlot) -> StreamCtl {
+        StreamCtl {
+            cancelled: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            slot: Mutex::new(Some(slot)),
+        }
+    }
+
+    fn release(&self) {
+        drop(self.slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
+    /// Stop the stream at its next pull (or before it starts); its slot is
+    /// free at once.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
+        self.release();
     }
 
     /// Whether the stream was cancelled.
@@ -52,9 +70,9 @@ impl StreamCtl {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    /// Whether the stream sent everything.
-    pub fn is_finished(&self) -> bool {
-        self.finished.load(Ordering::Relaxed)
+    /// Whether the stream is over (complete, cancelled, failed or dropped).
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 }
 
@@ -78,6 +96,14 @@ struct Feed {
     failed: AtomicBool,
 }
 
+/// The frames that end a stream.
+pub struct Endings {
+    /// `image complete`, after the last chunk.
+    pub complete: Frame,
+    /// `download error`, if the file cannot be read any more.
+    pub failed: Frame,
+}
+
 /// One running download.
 pub struct ChunkStream {
     file: Arc<OpenFile>,
@@ -85,6 +111,7 @@ pub struct ChunkStream {
     next: u64,
     header: Bytes,
     complete: Option<Frame>,
+    failed: Option<Frame>,
     ctl: Arc<StreamCtl>,
     metrics: FileMetrics,
     advised_to: u64,
@@ -100,7 +127,7 @@ impl ChunkStream {
         file: Arc<OpenFile>,
         plan: Plan,
         header: Bytes,
-        complete: Frame,
+        endings: Endings,
         ctl: Arc<StreamCtl>,
         metrics: FileMetrics,
         outbox: &Arc<Outbox>,
@@ -123,7 +150,8 @@ impl ChunkStream {
             file,
             plan,
             header,
-            complete: Some(complete),
+            complete: Some(endings.complete),
+            failed: Some(endings.failed),
             ctl,
             metrics,
             advised_to: 0,
@@ -133,10 +161,19 @@ impl ChunkStream {
     }
 
     fn end(&mut self, how: &'static str) {
+        self.ctl.ended.store(true, Ordering::Relaxed);
+        self.ctl.release();
         if !self.ended {
             self.ended = true;
             self.metrics.stream_end(how);
         }
+    }
+
+    /// The file cannot be read any more: tell the client, end the stream.
+    fn fail(&mut self) -> Pull {
+        tracing::warn!(path = %self.file.path.display(), chunk = self.next, "download stopped: file unreadable");
+        self.end("failed");
+        Pull::Done(self.failed.take())
     }
 
     /// Keep the kernel's read-ahead [`READ_AHEAD_BYTES`] in front of `from`,
@@ -161,7 +198,6 @@ impl Stream for ChunkStream {
             return Pull::Done(None);
         }
         let Some(range) = self.plan.range(self.next) else {
-            self.ctl.finished.store(true, Ordering::Relaxed);
             self.end("complete");
             return Pull::Done(self.complete.take());
         };
@@ -176,16 +212,12 @@ impl Stream for ChunkStream {
                 self.advise(range.start);
                 match self.file.slice(range) {
                     Some(d) => d,
-                    None => {
-                        self.end("cancelled");
-                        return Pull::Done(None);
-                    }
+                    None => return self.fail(),
                 }
             }
             Some((feed, _)) => {
                 if feed.failed.load(Ordering::Relaxed) {
-                    self.end("cancelled");
-                    return Pull::Done(None);
+                    return self.fail();
                 }
                 let popped = feed
                     .ready

@@ -17,9 +17,7 @@ pub mod samples;
 pub mod upload;
 pub mod uploading;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use metrics::{counter, gauge, Counter, Gauge};
 
@@ -112,10 +110,9 @@ pub struct Files {
     pub limits: FileLimits,
     /// Metric handles.
     pub metrics: FileMetrics,
-    /// One writer per partial upload: a second `upload:start` of the same
-    /// partial waits for the first to finish its queued writes. Entries are
-    /// pruned when unused; bounded by the uploads in progress.
-    partial_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Upload bytes waiting for the disk, server-wide (`upload_buffer_bytes`).
+    upload_buffer: Arc<tokio::sync::Semaphore>,
+    upload_buffer_bytes: usize,
 }
 
 impl Files {
@@ -151,14 +148,17 @@ impl Files {
                 max_streams_per_socket: config.max_streams_per_socket,
             },
             metrics: FileMetrics::new(),
-            partial_locks: Mutex::new(HashMap::new()),
+            upload_buffer: Arc::new(tokio::sync::Semaphore::new(config.upload_buffer_bytes)),
+            upload_buffer_bytes: config.upload_buffer_bytes,
         })
     }
 
-    /// The lock serializing writers of one partial upload.
-    pub fn partial_lock(&self, key: PathBuf) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.partial_locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.retain(|_, l| Arc::strong_count(l) > 1);
-        locks.entry(key).or_default().clone()
+    /// The credit a new upload pipeline gets.
+    pub fn credit(&self) -> uploading::Credit {
+        uploading::Credit {
+            window_bytes: self.limits.upload_window_bytes,
+            buffer: self.upload_buffer.clone(),
+            buffer_bytes: self.upload_buffer_bytes,
+        }
     }
 }

@@ -22,7 +22,7 @@
 //!   across an `.await`.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -143,6 +143,19 @@ pub trait Stream: Send {
     fn pull(&mut self) -> Pull;
 }
 
+/// One reserved stream slot of a socket; released when dropped.
+pub struct StreamSlot {
+    outbox: Arc<Outbox>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.outbox
+            .stream_slots
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[derive(Default)]
 struct State {
     control: VecDeque<Item>,
@@ -159,6 +172,8 @@ struct State {
 /// A socket's outbound queue, shared by its session, its writer and the pubsub.
 pub struct Outbox {
     state: Mutex<State>,
+    /// Streams running or being prepared on this socket ([`StreamSlot`]s).
+    stream_slots: std::sync::atomic::AtomicUsize,
     writer: Notify,
     room: Notify,
     limits: Limits,
@@ -177,6 +192,7 @@ impl Outbox {
     pub fn new(limits: Limits, metrics: Metrics) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
+            stream_slots: std::sync::atomic::AtomicUsize::new(0),
             writer: Notify::new(),
             room: Notify::new(),
             limits,
@@ -287,6 +303,7 @@ impl Outbox {
     /// Ask the writer to close the socket with `code` after the queued control
     /// frames. Queued bulk frames are discarded. The first close request wins.
     pub fn close(&self, code: u16, reason: &str) {
+        let dropped;
         {
             let mut s = self.lock();
             if s.closing {
@@ -295,12 +312,13 @@ impl Outbox {
             s.closing = true;
             s.bulk.clear();
             s.bulk_bytes = 0;
-            s.streams.clear();
+            dropped = std::mem::take(&mut s.streams);
             s.close = Some(CloseRequest {
                 code,
                 reason: reason.to_owned(),
             });
         }
+        drop(dropped);
         self.writer.notify_one();
         self.room.notify_waiters();
     }
@@ -317,6 +335,20 @@ impl Outbox {
         }
         self.writer.notify_one();
         true
+    }
+
+    /// Reserve one of at most `max` stream slots on this socket, for a stream
+    /// from the moment it is requested until it is dropped.
+    pub fn try_reserve_stream(self: &Arc<Self>, max: usize) -> Option<StreamSlot> {
+        use std::sync::atomic::Ordering;
+        self.stream_slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot {
+                outbox: self.clone(),
+            })
     }
 
     /// Wake the writer: a [`Pull::Pending`] stream has something ready.
@@ -364,6 +396,9 @@ impl Outbox {
         }
         // Streams: only once the bulk lane is empty, round-robin one frame at a
         // time, until the batch budget is spent or every stream is pending.
+        // Finished streams are dropped after the lock is released (dropping the
+        // last user of a file map unmaps it: a syscall).
+        let mut ended: Vec<Box<dyn Stream>> = Vec::new();
         if s.bulk.is_empty() && !s.closing {
             let mut pending = 0;
             while frames < MAX_BATCH_FRAMES
@@ -391,6 +426,7 @@ impl Outbox {
                             frames += 1;
                         }
                         pending = 0;
+                        ended.push(stream);
                     }
                 }
             }
@@ -400,6 +436,7 @@ impl Outbox {
             batch.finished = s.close_echo_queued;
         }
         drop(s);
+        drop(ended);
         self.room.notify_waiters();
         batch
     }

@@ -7,8 +7,8 @@
 //!   frames (corking), and payload `Bytes` are written in place, never copied.
 //! * A write that makes no progress for `write_timeout` ends the connection as
 //!   a slow consumer.
-//! * After a close request it writes the close frame, waits briefly for the
-//!   reader to see the client's answer, then shuts the write half down.
+//! * After a close request it writes the close frame, shuts the write half
+//!   down (FIN), and waits briefly for the reader to see the client hang up.
 //! * Returns when the connection is done; it cancels `done` so the reader stops.
 
 use std::io::IoSlice;
@@ -136,7 +136,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
         metrics.bytes_out_control.increment(control_bytes as u64);
         if batch.close.is_some() || batch.finished {
             let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
-            // Give the client a moment to answer our close; the reader sees it.
+            // Half-close now (the server closes the TCP connection first, RFC
+            // 6455 §7.1.1): the client sees FIN right behind our close frame and
+            // hangs up, which ends the reader's drain at once. Then give the
+            // reader a moment to see that.
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
             let _ = tokio::time::timeout(CLOSE_LINGER, reader_done.cancelled()).await;
             break WriterExit::Closed;
         }
