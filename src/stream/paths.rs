@@ -131,4 +131,26 @@ mod tests {
         assert_eq!(resolve(&root, "../secret"), Err(PathError::Invalid));
         std::fs::remove_dir_all(&base).unwrap();
     }
+
+    proptest::proptest! {
+        /// Whatever the text, an accepted name is relative, has only plain
+        /// segments, and joined to a root stays under it lexically.
+        #[test]
+        fn accepted_names_stay_under_the_root(name in "[a-z./\\\\\\x00]{0,12}") {
+            if let Ok(path) = check_name(&name) {
+                let root = Path::new("/srv/files");
+                let joined = root.join(path);
+                let mut depth = 0i32;
+                for c in path.components() {
+                    match c {
+                        Component::Normal(_) => depth += 1,
+                        _ => proptest::prop_assert!(false, "component {:?} in {:?}", c, name),
+                    }
+                }
+                proptest::prop_assert!(depth >= 1);
+                proptest::prop_assert!(joined.starts_with(root));
+                proptest::prop_assert!(!name.split('/').any(|s| s == ".." || s == "." || s.is_empty()));
+            }
+        }
+    }
 }
