@@ -9,6 +9,7 @@
 //! * [`upload`]: blocking upload storage (partials, verify, atomic rename).
 //! * [`samples`]: demo files for `make run`.
 
+pub mod aligned;
 pub mod channel;
 pub mod chunks;
 pub mod mapped;
