@@ -161,6 +161,10 @@ impl Sluice {
         let app = app::App::new(self.config, &self.registry, &secret, api_key, files)
             .map_err(Error::Config)?;
         let app = Arc::new(app);
+        tokio::spawn(files::sweep::run(
+            app.files.clone(),
+            app.config.partial_max_age,
+        ));
         tracing::info!(addr = %listener.local_addr()?, "listening");
         server::serve(app, listener, shutdown).await;
         Ok(())

@@ -264,6 +264,9 @@ settings! {
     /// Upload bytes that may wait for the disk across the whole server (all
     /// uploads share it; past it sockets sending chunks are not read).
     upload_buffer_bytes: usize = "256MiB" via values::nonzero_size;
+    /// Partial uploads not written to for this long are deleted (checked at
+    /// start and then every quarter of it, at most hourly).
+    partial_max_age: Duration = "7d" via values::duration;
     /// Most download streams running at once on one socket.
     max_streams_per_socket: usize = "16" via values::positive;
     /// Most memory-mapped files kept open for sharing between downloads.
@@ -354,6 +357,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("write_timeout", self.write_timeout),
             ("drain_grace", self.drain_grace),
+            ("partial_max_age", self.partial_max_age),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Conflict {

@@ -8,6 +8,7 @@
 //! * [`raw`]: the raw WebSocket upload endpoint.
 //! * [`upload`]: blocking upload storage (partials, verify, atomic rename).
 //! * [`samples`]: demo files for `make run`.
+//! * [`sweep`]: deleting abandoned partial uploads.
 
 pub mod aligned;
 pub mod channel;
@@ -15,6 +16,7 @@ pub mod chunks;
 pub mod mapped;
 pub mod raw;
 pub mod samples;
+pub mod sweep;
 pub mod upload;
 pub mod uploading;
 
