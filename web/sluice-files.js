@@ -22,7 +22,8 @@
 //   `data` is a Uint8Array of exactly `size` bytes, allocated once; chunks are written at
 //   their absolute position (`index * chunk_size`). It rejects with a `SluiceFilesError`:
 //   `reason` is the server's reason (`not_found`, `invalid_name`, `escapes_root`,
-//   `not_a_file`, `bad_offset`, `too_many_streams`, `binary_unsupported`, ...) or one of
+//   `not_a_file`, `bad_offset`, `too_many_streams`, `binary_unsupported`, `io_error` from a
+//   `download error` push mid-stream, ...) or one of
 //   `interrupted` (the channel errored: socket closed, heartbeat timeout, channel crash),
 //   `not_joined` (the channel cannot push right now, e.g. while it rejoins),
 //   `closed` (the channel was left), `timeout` (no reply to the push), `aborted`
@@ -371,12 +372,20 @@ export function downloadFile(channel, name, { onProgress, resumeFrom = null, chu
       }, (err) => { state = "streaming"; fail(err); });
     };
 
+    // The server could not read the file any more mid-stream (docs/FILES.md).
+    const onStreamError = (payload) => {
+      if (state !== "streaming") return;
+      if (payload && typeof payload.file === "string" && payload.file !== name) return;
+      fail(new SluiceFilesError((payload && payload.reason) || "io_error", { response: payload }));
+    };
+
     if (signal && signal.aborted) {
       fail(new SluiceFilesError("aborted", { cause: signal.reason }));
       return;
     }
     refs.push(["new chunk", channel.on("new chunk", onChunk)]);
     refs.push(["image complete", channel.on("image complete", onComplete)]);
+    refs.push(["download error", channel.on("download error", onStreamError)]);
     refs.push(["phx_error", channel.on("phx_error", (reason) => fail(new SluiceFilesError("interrupted", { cause: reason })))]);
     refs.push(["phx_close", channel.on("phx_close", () => fail(new SluiceFilesError("closed")))]);
     if (signal) signal.addEventListener("abort", onAbort);
