@@ -39,26 +39,39 @@ pub fn sweep_partials(root: &Path, max_age: Duration, now: SystemTime) -> io::Re
         let Ok(entries) = std::fs::read_dir(&partials) else {
             continue;
         };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() {
-                continue;
-            }
-            let age = meta
-                .modified()
-                .ok()
+        // A partial and its digest sidecar (`X` and `X.sha256`) age together:
+        // only the partial is touched by writes, and losing the sidecar of a
+        // live partial would make its next resume start over.
+        let files: Vec<(std::path::PathBuf, std::fs::Metadata)> = entries
+            .flatten()
+            .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+            .filter(|(_, m)| m.is_file())
+            .collect();
+        let newest = |path: &Path| -> Option<SystemTime> {
+            let partner = match path.to_str()?.strip_suffix(".sha256") {
+                Some(base) => std::path::PathBuf::from(base),
+                None => std::path::PathBuf::from(format!("{}.sha256", path.to_str()?)),
+            };
+            files
+                .iter()
+                .filter(|(p, _)| p == path || *p == partner)
+                .filter_map(|(_, m)| m.modified().ok())
+                .max()
+        };
+        for (path, meta) in &files {
+            let age = newest(path)
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or_default();
             if age < max_age {
                 continue;
             }
-            match std::fs::remove_file(entry.path()) {
+            match std::fs::remove_file(path) {
                 Ok(()) => {
                     swept.files += 1;
                     swept.bytes += meta.len();
                 }
                 Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove abandoned partial")
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove abandoned partial")
                 }
             }
         }
@@ -103,6 +116,7 @@ mod tests {
         std::fs::create_dir_all(&partials).unwrap();
         std::fs::write(partials.join("old.bin.10.part"), [0u8; 10]).unwrap();
         std::fs::write(partials.join("new.bin.5.part"), [0u8; 5]).unwrap();
+        std::fs::write(partials.join("new.bin.5.part.sha256"), b"ab").unwrap();
         std::fs::write(root.join("42").join("done.bin"), [0u8; 3]).unwrap();
         let week = Duration::from_secs(7 * 86_400);
         let old = std::fs::File::options()
@@ -112,6 +126,14 @@ mod tests {
         old.set_modified(SystemTime::now() - week - Duration::from_secs(60))
             .unwrap();
         drop(old);
+        let sidecar = std::fs::File::options()
+            .write(true)
+            .open(partials.join("new.bin.5.part.sha256"))
+            .unwrap();
+        sidecar
+            .set_modified(SystemTime::now() - week - Duration::from_secs(60))
+            .unwrap();
+        drop(sidecar);
         let swept = sweep_partials(&root, week, SystemTime::now()).unwrap();
         assert_eq!(
             swept,
@@ -122,6 +144,10 @@ mod tests {
         );
         assert!(!partials.join("old.bin.10.part").exists());
         assert!(partials.join("new.bin.5.part").exists());
+        assert!(
+            partials.join("new.bin.5.part.sha256").exists(),
+            "a live partial's old sidecar stays"
+        );
         assert!(
             root.join("42").join("done.bin").exists(),
             "finished uploads stay"

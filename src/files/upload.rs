@@ -495,6 +495,16 @@ impl Partial {
         self.direct.is_some()
     }
 
+    /// Give the staging buffer's memory back while the upload is idle (the
+    /// unaligned tail is kept; the next write maps a fresh buffer's pages as
+    /// it fills them). Without this an idle upload would pin up to
+    /// [`STAGING_BYTES`] of resident memory.
+    pub fn release_staging(&mut self) {
+        if let Some(direct) = &mut self.direct {
+            direct.shrink();
+        }
+    }
+
     /// Write `data` at the current offset and advance it. Returns the new
     /// offset. A chunk that would pass the size is refused whole.
     pub fn write(&mut self, data: &[u8]) -> Result<u64, UploadError> {
@@ -564,9 +574,21 @@ impl Partial {
             remove_if_exists(&sidecar).map_err(classify)?;
             return Err(UploadError::DigestMismatch { actual: sha256 });
         }
-        file.sync_all().map_err(classify)?;
+        if let Err(err) = file.sync_all() {
+            // The kernel reports a writeback error once: pages it could not
+            // write are then clean in the cache and a retry's digest and
+            // fsync would both pass over data that is not on disk. So the
+            // partial is not kept for a resume.
+            drop(file);
+            let _ = remove_if_exists(&path);
+            let _ = remove_if_exists(&sidecar);
+            return Err(classify(err));
+        }
         fs::rename(&path, dir.join(&name)).map_err(classify)?;
-        sync_dir(&dir).map_err(classify)?;
+        if let Err(err) = sync_dir(&dir) {
+            // Published already; only the rename's durability is in doubt.
+            tracing::warn!(dir = %dir.display(), %err, "fsync of the upload directory failed after publishing");
+        }
         if let Err(err) = remove_if_exists(&sidecar) {
             // Harmless: a sidecar without its partial only decides whether a
             // later empty partial of this name starts over.
@@ -643,6 +665,15 @@ impl Direct {
             buf,
             base,
         })
+    }
+
+    /// Replace the buffer by a fresh (untouched, so not resident) one holding
+    /// the same tail. On failure to map, keep the old one.
+    fn shrink(&mut self) {
+        if let Ok(mut fresh) = AlignedBuf::new(STAGING_BYTES) {
+            fresh.extend_from_slice(self.buf.as_slice());
+            self.buf = fresh;
+        }
     }
 
     /// Append `data` (the bytes at the partial's offset) and write it:

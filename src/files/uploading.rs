@@ -301,6 +301,12 @@ async fn worker(
 ) {
     // Set by a failed open or write: every later chunk gets the same answer.
     let mut failed: Option<Reply> = None;
+    // A start abandoned before it ran (another start on the channel, the
+    // socket gone) must not take the partial over from a newer one.
+    if abandoned.load(Ordering::Relaxed) {
+        let _ = opened.send(closed());
+        return;
+    }
     let mut target = match open(target).await {
         Ok(t) => {
             let offset = match &t {
@@ -352,6 +358,13 @@ async fn worker(
                     failed = Some(error(json!({"reason": "storage"})));
                     continue;
                 };
+                let mut t = t;
+                if rx.is_empty() {
+                    // Idle: give the staging memory back until the next chunk.
+                    if let Open::Verified(p) = &mut t {
+                        p.release_staging();
+                    }
+                }
                 target = Some(t);
                 match result {
                     Ok(offset) => {
