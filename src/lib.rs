@@ -16,6 +16,7 @@
 //! * [`metrics`]: metric families with bounded labels.
 //! * [`stream`]: file streaming building blocks (chunk plans, safe paths).
 //! * [`files`]: the `files` channel (zero-copy downloads, windowed uploads) and the raw socket.
+//! * [`relay`]: the pooled upstream price relay (feed parser, backoff, built-in mock feed).
 //!
 //! # Embedding
 //! ```no_run
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod origin;
 pub mod protocol;
 pub mod pubsub;
+pub mod relay;
 pub mod router;
 pub mod server;
 pub mod session;
@@ -71,6 +73,7 @@ pub enum Error {
 pub struct Sluice {
     config: Config,
     files: Arc<files::Files>,
+    relay: Arc<relay::pool::Relay>,
     registry: Registry,
     secret: Option<String>,
     api_key: Option<String>,
@@ -91,7 +94,31 @@ impl Sluice {
                 config.uploads_dir.display()
             ))
         })?);
+        let connector = relay::client::Connector::new(&relay::client::ClientConfig {
+            extra_ca: (!config.upstream_ca_file.is_empty())
+                .then(|| std::path::PathBuf::from(&config.upstream_ca_file)),
+            ..Default::default()
+        })
+        .map_err(|e| Error::Config(format!("upstream_ca_file: {e}")))?;
+        let relay = Arc::new(relay::pool::Relay::new(
+            relay::pool::RelaySettings {
+                linger: config.upstream_linger,
+                max_connections: config.upstream_max_connections,
+                backoff: relay::backoff::Settings {
+                    base: config.upstream_backoff_base,
+                    max: config.upstream_backoff_max,
+                    ..Default::default()
+                },
+                silence_timeout: config.upstream_silence_timeout,
+            },
+            connector,
+            (config.upstream != "simulate").then(|| config.upstream.clone()),
+        ));
         let mut registry = Registry::with_builtins();
+        registry.insert(
+            "prices",
+            Arc::new(relay::channel::PricesKind::new(relay.clone())),
+        );
         registry.insert(
             "files",
             Arc::new(files::channel::FilesKind::new(files.clone())),
@@ -101,6 +128,7 @@ impl Sluice {
             api_key: config.api_key.clone(),
             config,
             files,
+            relay,
             registry,
         })
     }
@@ -157,6 +185,27 @@ impl Sluice {
         };
         // Install the recorder before any metric handle is resolved.
         let _ = metrics::install();
+        // The simulated upstream: a real WebSocket server on loopback, reached
+        // through the same client path as a real feed. Lives as long as `run`.
+        let _simulated = if self.config.upstream == "simulate" {
+            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+            let mock = relay::mock::MockUpstream::start(
+                listener,
+                relay::mock::MockOptions {
+                    rate_hz: self.config.simulate_rate,
+                    assets: self.config.simulate_assets.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::Config(format!("simulated upstream: {e}")))?;
+            let url = format!("ws://{}/prices?assets={{assets}}", mock.local_addr());
+            tracing::info!(url, "simulated upstream feed");
+            self.relay.set_template(url);
+            Some(mock)
+        } else {
+            None
+        };
         let files = self.files.clone();
         let app = app::App::new(self.config, &self.registry, &secret, api_key, files)
             .map_err(Error::Config)?;

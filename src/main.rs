@@ -34,6 +34,28 @@ enum Command {
         #[command(flatten)]
         flags: Flags,
     },
+    /// Run the built-in upstream price feed (coincap format, random walk) as a
+    /// standalone WebSocket server, for tests and load tests.
+    MockUpstream(MockArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4100")]
+    listen: std::net::SocketAddr,
+    /// Price ticks per second (every served asset moves on each tick).
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// The catalogue, comma-separated: what `assets=ALL` serves.
+    #[arg(long, value_delimiter = ',')]
+    assets: Option<Vec<String>>,
+    /// Seed for reproducible prices.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Send nothing for assets outside the catalogue (as coincap does).
+    #[arg(long)]
+    ignore_unknown: bool,
 }
 
 const EX_USAGE: u8 = 64;
@@ -51,6 +73,7 @@ fn main() -> ExitCode {
         None => ("serve", cli.flags),
         Some(Command::Serve { flags }) => ("serve", flags),
         Some(Command::Token { user, flags }) => return token(&user, &flags),
+        Some(Command::MockUpstream(args)) => return mock_upstream(args),
     };
     debug_assert_eq!(command, "serve");
     let config = match Config::load(&flags) {
@@ -139,6 +162,51 @@ fn token(user: &str, flags: &Flags) -> ExitCode {
     let max_age = sluice::token::MaxAge::Seconds(config.token_max_age.as_secs());
     println!("{}", sluice::token::sign(&key, &data, now_ms, max_age));
     ExitCode::SUCCESS
+}
+
+fn mock_upstream(args: MockArgs) -> ExitCode {
+    use sluice::relay::mock::{MockOptions, MockUpstream};
+    let defaults = MockOptions::default();
+    let opts = MockOptions {
+        rate_hz: args.rate,
+        assets: args.assets.unwrap_or(defaults.assets),
+        seed: args.seed,
+        serve_unknown: !args.ignore_unknown,
+    };
+    if let Err(e) = opts.validate() {
+        eprintln!("sluice mock-upstream: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    init_tracing(&Config::defaults());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let shutdown = shutdown_signal();
+        let mock = MockUpstream::start(listener, opts).await?;
+        tracing::info!(addr = %mock.local_addr(), seed = mock.seed(), "mock upstream listening");
+        shutdown.await;
+        mock.shutdown().await;
+        tracing::info!("mock upstream stopped");
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice mock-upstream: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_tracing(config: &Config) {

@@ -152,6 +152,35 @@ fn describe() {
         "sluice_digest_failures_total",
         "Uploads whose sha256 did not match the declared digest."
     );
+    describe_gauge!(
+        "sluice_upstream_connections",
+        "Upstream feed connections by state (connecting, live, reconnecting)."
+    );
+    describe_counter!(
+        "sluice_upstream_reconnects_total",
+        "Upstream connections lost or failed, by reason (closed, silent, connect, tls, handshake, timeout, ...)."
+    );
+    describe_counter!(
+        "sluice_upstream_messages_total",
+        "Messages received from upstream feeds."
+    );
+    describe_counter!(
+        "sluice_upstream_malformed_total",
+        "Upstream messages ignored in whole or part as malformed."
+    );
+    describe_counter!(
+        "sluice_relay_deliveries_total",
+        "Prices offered to subscribers."
+    );
+    describe_counter!(
+        "sluice_relay_conflated_total",
+        "Prices replaced by a newer one before the subscriber was sent them."
+    );
+    describe_histogram!(
+        "sluice_relay_latency_seconds",
+        Unit::Seconds,
+        "From an upstream message's arrival to its price being taken by a subscriber's writer."
+    );
     describe_counter!(
         "sluice_path_rejections_total",
         "Refused file names by reason (invalid_name, escapes_root, not_found, not_a_file)."

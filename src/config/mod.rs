@@ -219,7 +219,7 @@ settings! {
     check_origin: OriginPolicy = "" via origins;
     /// Topic routes `PATTERN=KIND/RULE` (comma list). RULE is anyone,
     /// authenticated, owner or nobody; PATTERN is exact or ends with `*`.
-    routes: Vec<RouteSpec> = "echo:*=echo/authenticated,room:*=room/authenticated,user:*=room/owner,image:*=files/authenticated,files:*=files/authenticated" via routes;
+    routes: Vec<RouteSpec> = "echo:*=echo/authenticated,room:*=room/authenticated,user:*=room/owner,image:*=files/authenticated,files:*=files/authenticated,prices:*=prices/anyone" via routes;
     /// Most channels one socket may join at once.
     max_channels: usize = "100" via values::positive;
     /// Most simultaneous connections (HTTP and WebSocket).
@@ -276,6 +276,28 @@ settings! {
     file_settle: Duration = "2s" via values::duration;
     /// Path of the raw WebSocket upload endpoint (the seed's `/rawsocket`); empty disables it.
     raw_socket_path: String = "/rawsocket" via values::string;
+    /// Upstream price feed URL template (`ws://` or `wss://`, coincap format;
+    /// `{assets}` is replaced by the asset), or `simulate` for the built-in
+    /// feed on loopback.
+    upstream: String = "simulate" via values::string;
+    /// A PEM file of CA certificates trusted for `wss://` upstreams besides
+    /// the Mozilla roots. Empty: none.
+    upstream_ca_file: String = "" via values::opt_string_plain;
+    /// Keep an upstream open this long after its last subscriber left.
+    upstream_linger: Duration = "30s" via values::duration;
+    /// Most upstream connections (one per relayed asset).
+    upstream_max_connections: usize = "100" via values::positive;
+    /// First reconnect delay ceiling (exponential backoff, full jitter).
+    upstream_backoff_base: Duration = "250ms" via values::duration;
+    /// Largest reconnect delay.
+    upstream_backoff_max: Duration = "30s" via values::duration;
+    /// Reconnect an upstream silent (no message, no pong) for this long;
+    /// pings go out every third of it.
+    upstream_silence_timeout: Duration = "30s" via values::duration;
+    /// Assets of the simulated feed (`upstream = simulate`).
+    simulate_assets: Vec<String> = "bitcoin,ethereum,solana,dogecoin,cardano" via values::list;
+    /// Price updates per second of the simulated feed.
+    simulate_rate: f64 = "2" via values::rate;
     /// Log format: `text` or `json`.
     log_format: LogFormat = "text" via log_format;
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sluice=debug`.
@@ -358,6 +380,8 @@ impl Config {
             ("write_timeout", self.write_timeout),
             ("drain_grace", self.drain_grace),
             ("partial_max_age", self.partial_max_age),
+            ("upstream_backoff_base", self.upstream_backoff_base),
+            ("upstream_silence_timeout", self.upstream_silence_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Conflict {
@@ -391,6 +415,21 @@ impl Config {
                 key: "raw_socket_path",
                 reason: "must be empty or start with `/` and not end with `/`".into(),
             });
+        }
+        if self.upstream_backoff_max < self.upstream_backoff_base {
+            return Err(ConfigError::Conflict {
+                key: "upstream_backoff_max",
+                reason: "must be at least upstream_backoff_base".into(),
+            });
+        }
+        if self.upstream != "simulate" {
+            let sample = self.upstream.replace("{assets}", "bitcoin");
+            if let Err(e) = crate::relay::client::UpstreamUrl::parse(&sample) {
+                return Err(ConfigError::Conflict {
+                    key: "upstream",
+                    reason: format!("`simulate` or a ws:// / wss:// URL template: {e}"),
+                });
+            }
         }
         if self.control_queue_bytes < 64 * 1024 {
             return Err(ConfigError::Conflict {
@@ -440,7 +479,7 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 8 * 1024 * 1024);
         assert_eq!(c.max_channels, 100);
         assert_eq!(c.token_max_age, Duration::from_secs(1_209_600));
-        assert_eq!(c.routes.len(), 5);
+        assert_eq!(c.routes.len(), 6);
         assert_eq!(c.slow_consumer, SlowConsumerPolicy::Disconnect);
     }
 

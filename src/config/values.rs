@@ -90,6 +90,23 @@ pub fn path(s: &str) -> Result<std::path::PathBuf, String> {
     Ok(std::path::PathBuf::from(s))
 }
 
+/// A string that may be empty (kept as is).
+pub fn opt_string_plain(s: &str) -> Result<String, String> {
+    Ok(s.trim().to_owned())
+}
+
+/// A rate in events per second: finite, > 0, at most 1000.
+pub fn rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of events per second, e.g. 2 or 0.5".to_owned())?;
+    if !(r.is_finite() && r > 0.0 && r <= 1000.0) {
+        return Err("must be greater than 0 and at most 1000".into());
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

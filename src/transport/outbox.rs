@@ -14,6 +14,9 @@
 //!   drained and only up to [`MAX_BATCH_BULK_BYTES`] per wake-up. Nothing is
 //!   produced ahead of the socket, so a slow reader costs one batch, whatever
 //!   the size of the file; pushes and replies never queue behind chunks.
+//! * **Urgent streams**: conflated live values (the newest price of an
+//!   asset), each holding at most one frame, pulled right after the control
+//!   lane: they never wait behind pushes or file chunks and never grow.
 //! * The writer always drains the control lane before the bulk lane, so
 //!   replies and heartbeats never wait behind bulk traffic queued earlier.
 //! * After [`Outbox::close`], nothing more is accepted; the writer sends what
@@ -163,6 +166,8 @@ struct State {
     bulk: VecDeque<Frame>,
     bulk_bytes: usize,
     streams: VecDeque<Box<dyn Stream>>,
+    /// Streams pulled right after the control lane (conflated live values).
+    urgent: Vec<Box<dyn Stream>>,
     close: Option<CloseRequest>,
     close_echo_queued: bool,
     /// No more items are accepted.
@@ -234,6 +239,7 @@ impl Outbox {
                 s.bulk.clear();
                 s.bulk_bytes = 0;
                 s.streams.clear();
+                s.urgent.clear();
             }
             s.control_bytes += item.len();
             s.control.push_back(item);
@@ -259,6 +265,7 @@ impl Outbox {
                         s.bulk.clear();
                         s.bulk_bytes = 0;
                         s.streams.clear();
+                        s.urgent.clear();
                         s.close = Some(CloseRequest {
                             code: close_code::TRY_AGAIN_LATER,
                             reason: "slow consumer".into(),
@@ -312,7 +319,10 @@ impl Outbox {
             s.closing = true;
             s.bulk.clear();
             s.bulk_bytes = 0;
-            dropped = std::mem::take(&mut s.streams);
+            dropped = (
+                std::mem::take(&mut s.streams),
+                std::mem::take(&mut s.urgent),
+            );
             s.close = Some(CloseRequest {
                 code,
                 reason: reason.to_owned(),
@@ -351,6 +361,22 @@ impl Outbox {
             })
     }
 
+    /// Add an urgent stream: pulled once per writer wake-up right after the
+    /// control lane, before the bulk lane (a conflated live value: it holds at
+    /// most one frame, so it can never crowd out other traffic). Returns
+    /// false (and drops it) if the socket is closing.
+    pub fn add_urgent_stream(&self, stream: Box<dyn Stream>) -> bool {
+        {
+            let mut s = self.lock();
+            if s.closing {
+                return false;
+            }
+            s.urgent.push(stream);
+        }
+        self.writer.notify_one();
+        true
+    }
+
     /// Wake the writer: a [`Pull::Pending`] stream has something ready.
     pub fn wake_writer(&self) {
         self.writer.notify_one();
@@ -384,6 +410,29 @@ impl Outbox {
             batch.items.push(item);
             frames += 1;
         }
+        // Finished streams are dropped after the lock is released (dropping the
+        // last user of a file map unmaps it: a syscall).
+        let mut ended: Vec<Box<dyn Stream>> = Vec::new();
+        if !s.closing {
+            let mut i = 0;
+            while i < s.urgent.len() && frames < MAX_BATCH_FRAMES {
+                match s.urgent[i].pull() {
+                    Pull::Frame(frame) => {
+                        batch.items.push(Item::Frame(frame));
+                        frames += 1;
+                        i += 1;
+                    }
+                    Pull::Pending => i += 1,
+                    Pull::Done(last) => {
+                        if let Some(frame) = last {
+                            batch.items.push(Item::Frame(frame));
+                            frames += 1;
+                        }
+                        ended.push(s.urgent.swap_remove(i));
+                    }
+                }
+            }
+        }
         let mut bulk = 0;
         while frames < MAX_BATCH_FRAMES && bulk < MAX_BATCH_BULK_BYTES {
             let Some(frame) = s.bulk.pop_front() else {
@@ -396,9 +445,6 @@ impl Outbox {
         }
         // Streams: only once the bulk lane is empty, round-robin one frame at a
         // time, until the batch budget is spent or every stream is pending.
-        // Finished streams are dropped after the lock is released (dropping the
-        // last user of a file map unmaps it: a syscall).
-        let mut ended: Vec<Box<dyn Stream>> = Vec::new();
         if s.bulk.is_empty() && !s.closing {
             let mut pending = 0;
             while frames < MAX_BATCH_FRAMES

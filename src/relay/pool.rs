@@ -1,0 +1,465 @@
+//! The pooled relay: one upstream connection per asset on this node,
+//! however many sockets subscribe to it.
+//!
+//! # Contract
+//! * **Design: one upstream connection per asset.** The URL template's
+//!   `{assets}` is replaced by the single asset. Trade-off: N active assets
+//!   cost N upstream connections (capped by `upstream_max_connections`; past
+//!   it a join is refused `upstream_limit`), but a subscription change never
+//!   forces a reconnect of a shared connection (coincap takes its asset list
+//!   only in the URL), and one asset's upstream trouble never touches another's.
+//! * The first subscriber of an asset starts its feed task; after the last
+//!   leaves, the feed lingers `upstream_linger` and then closes its upstream.
+//!   A subscriber arriving during the linger keeps it.
+//! * A feed reconnects with exponential backoff and full jitter (reset after
+//!   a stable period), pings its upstream every third of
+//!   `upstream_silence_timeout` and reconnects when nothing (message or pong)
+//!   arrived for that long. Subscribers stay joined throughout and get
+//!   `status {upstream: "reconnecting" | "live"}` pushes.
+//! * Each upstream message is parsed once; each price is encoded once per
+//!   serializer (join_ref null, like a Phoenix broadcast) and offered to every
+//!   subscriber's [`LatestSlot`] (conflation: never a queue, never a
+//!   disconnect). Malformed messages and entries are counted and ignored.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use serde_json::json;
+
+use super::backoff::{self, Backoff};
+use super::client::{Connector, Upstream, UpstreamUrl};
+use super::feed;
+use super::latest::LatestSlot;
+use crate::protocol::{self, Format, Frame, Payload};
+use crate::transport::outbox::Outbox;
+
+/// Relay settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Keep an upstream open this long after its last subscriber left.
+    pub linger: Duration,
+    /// Most upstream connections at once.
+    pub max_connections: usize,
+    /// Reconnect delays.
+    pub backoff: backoff::Settings,
+    /// Reconnect when nothing arrived for this long.
+    pub silence_timeout: Duration,
+}
+
+/// Why a subscription is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    /// `upstream_max_connections` assets are already relayed.
+    #[error("upstream connection limit reached")]
+    UpstreamLimit,
+    /// The relay has no upstream URL (simulated feed not started).
+    #[error("no upstream configured")]
+    NoUpstream,
+}
+
+impl RelayError {
+    /// Reason for the join reply.
+    pub fn reason(self) -> &'static str {
+        match self {
+            RelayError::UpstreamLimit => "upstream_limit",
+            RelayError::NoUpstream => "no_upstream",
+        }
+    }
+}
+
+/// The last value of an asset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Last {
+    /// The price.
+    pub value: f64,
+    /// When it arrived, ms since the epoch.
+    pub time: u64,
+}
+
+/// Upstream state of a feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Connecting for the first time.
+    Connecting,
+    /// Connected.
+    Live,
+    /// Lost; reconnecting with backoff.
+    Reconnecting,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Connecting => "connecting",
+            Status::Live => "live",
+            Status::Reconnecting => "reconnecting",
+        }
+    }
+}
+
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    format: Format,
+    slot: Arc<LatestSlot>,
+}
+
+struct FeedState {
+    last: Option<Last>,
+    status: Status,
+    subscribers: HashMap<u64, Subscriber>,
+    /// Bumped by every subscribe, so a linger timer knows it is stale.
+    generation: u64,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Feed {
+    asset: String,
+    state: Mutex<FeedState>,
+}
+
+impl Feed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone)]
+struct RelayMetrics {
+    messages: Counter,
+    malformed: Counter,
+    deliveries: Counter,
+    conflated: Counter,
+    latency: Histogram,
+    connecting: Gauge,
+    live: Gauge,
+    reconnecting: Gauge,
+}
+
+impl RelayMetrics {
+    fn new() -> RelayMetrics {
+        RelayMetrics {
+            messages: counter!("sluice_upstream_messages_total"),
+            malformed: counter!("sluice_upstream_malformed_total"),
+            deliveries: counter!("sluice_relay_deliveries_total"),
+            conflated: counter!("sluice_relay_conflated_total"),
+            latency: histogram!("sluice_relay_latency_seconds"),
+            connecting: gauge!("sluice_upstream_connections", "state" => "connecting"),
+            live: gauge!("sluice_upstream_connections", "state" => "live"),
+            reconnecting: gauge!("sluice_upstream_connections", "state" => "reconnecting"),
+        }
+    }
+
+    fn gauge(&self, s: Status) -> &Gauge {
+        match s {
+            Status::Connecting => &self.connecting,
+            Status::Live => &self.live,
+            Status::Reconnecting => &self.reconnecting,
+        }
+    }
+
+    fn reconnect(reason: &'static str) {
+        counter!("sluice_upstream_reconnects_total", "reason" => reason).increment(1);
+    }
+}
+
+/// The relay of one node.
+pub struct Relay {
+    settings: RelaySettings,
+    template: OnceLock<String>,
+    connector: Connector,
+    feeds: Mutex<HashMap<String, Arc<Feed>>>,
+    next_id: AtomicU64,
+    metrics: RelayMetrics,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Relay {
+    /// A relay; the upstream URL template is set now or later ([`Relay::set_template`]).
+    pub fn new(settings: RelaySettings, connector: Connector, template: Option<String>) -> Relay {
+        let cell = OnceLock::new();
+        if let Some(t) = template {
+            let _ = cell.set(t);
+        }
+        Relay {
+            settings,
+            template: cell,
+            connector,
+            feeds: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            metrics: RelayMetrics::new(),
+        }
+    }
+
+    /// Set the upstream URL template (once; the simulated feed's address).
+    pub fn set_template(&self, template: String) {
+        let _ = self.template.set(template);
+    }
+
+    /// The latency histogram subscribers' streams record into.
+    pub fn latency(&self) -> Histogram {
+        self.metrics.latency.clone()
+    }
+
+    fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Feed>>> {
+        self.feeds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Assets with a feed (running or lingering).
+    pub fn active_assets(&self) -> usize {
+        self.feeds().len()
+    }
+
+    /// Subscribe a socket to `asset`: returns the subscription id, the last
+    /// value and the upstream status. Starts the feed if needed.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        asset: &str,
+        outbox: Arc<Outbox>,
+        format: Format,
+        slot: Arc<LatestSlot>,
+    ) -> Result<(u64, Option<Last>, Status), RelayError> {
+        let template = self.template.get().ok_or(RelayError::NoUpstream)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut feeds = self.feeds();
+        let feed = match feeds.get(asset) {
+            Some(f) => f.clone(),
+            None => {
+                if feeds.len() >= self.settings.max_connections {
+                    return Err(RelayError::UpstreamLimit);
+                }
+                let feed = Arc::new(Feed {
+                    asset: asset.to_owned(),
+                    state: Mutex::new(FeedState {
+                        last: None,
+                        status: Status::Connecting,
+                        subscribers: HashMap::new(),
+                        generation: 0,
+                        task: None,
+                    }),
+                });
+                feeds.insert(asset.to_owned(), feed.clone());
+                feed
+            }
+        };
+        let mut st = feed.lock();
+        st.generation += 1;
+        st.subscribers.insert(
+            id,
+            Subscriber {
+                outbox,
+                format,
+                slot,
+            },
+        );
+        if st.task.is_none() {
+            let url = template.replace("{assets}", asset);
+            self.metrics.connecting.increment(1.0);
+            st.task = Some(tokio::spawn(run_feed(self.clone(), feed.clone(), url)));
+        }
+        Ok((id, st.last.clone(), st.status))
+    }
+
+    /// Remove subscription `id` of `asset`; after the last one the feed
+    /// lingers, then stops.
+    pub fn unsubscribe(self: &Arc<Self>, asset: &str, id: u64) {
+        let Some(feed) = self.feeds().get(asset).cloned() else {
+            return;
+        };
+        let generation = {
+            let mut st = feed.lock();
+            if let Some(sub) = st.subscribers.remove(&id) {
+                sub.slot.close();
+            }
+            if !st.subscribers.is_empty() {
+                return;
+            }
+            st.generation
+        };
+        let relay = self.clone();
+        let linger = self.settings.linger;
+        let asset = asset.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            relay.stop_if_idle(&asset, generation);
+        });
+    }
+
+    fn stop_if_idle(&self, asset: &str, generation: u64) {
+        let mut feeds = self.feeds();
+        let Some(feed) = feeds.get(asset).cloned() else {
+            return;
+        };
+        let mut st = feed.lock();
+        if !st.subscribers.is_empty() || st.generation != generation {
+            return;
+        }
+        if let Some(task) = st.task.take() {
+            task.abort();
+            self.metrics.gauge(st.status).decrement(1.0);
+        }
+        drop(st);
+        feeds.remove(asset);
+        tracing::info!(asset, "upstream closed: no subscribers after the linger");
+    }
+
+    fn set_status(&self, feed: &Feed, status: Status) {
+        let subs: Vec<(Arc<Outbox>, Format)> = {
+            let mut st = feed.lock();
+            if st.status == status {
+                return;
+            }
+            self.metrics.gauge(st.status).decrement(1.0);
+            self.metrics.gauge(status).increment(1.0);
+            st.status = status;
+            st.subscribers
+                .values()
+                .map(|s| (s.outbox.clone(), s.format))
+                .collect()
+        };
+        let topic = format!("prices:{}", feed.asset);
+        let payload = Payload::json(&json!({ "upstream": status.label() }));
+        let mut frames: [Option<Frame>; 2] = [None, None];
+        for (outbox, format) in subs {
+            let frame = frames[format.index()].get_or_insert_with(|| {
+                protocol::encode_broadcast(format, &topic, "status", &payload).unwrap_or(Frame {
+                    opcode: protocol::Opcode::Text,
+                    head: Bytes::new(),
+                    body: Bytes::new(),
+                })
+            });
+            if !frame.head.is_empty() {
+                outbox.push_bulk(frame.clone());
+            }
+        }
+    }
+
+    fn deliver(&self, feed: &Feed, tick: &feed::Tick, at: Instant) {
+        let time = now_ms();
+        let subs: Vec<(Arc<Outbox>, Format, Arc<LatestSlot>)> = {
+            let mut st = feed.lock();
+            st.last = Some(Last {
+                value: tick.value,
+                time,
+            });
+            st.subscribers
+                .values()
+                .map(|s| (s.outbox.clone(), s.format, s.slot.clone()))
+                .collect()
+        };
+        let topic = format!("prices:{}", feed.asset);
+        let payload = Payload::json(&json!({ "value": tick.value, "time": time }));
+        let mut frames: [Option<Frame>; 2] = [None, None];
+        let (mut delivered, mut conflated) = (0u64, 0u64);
+        for (outbox, format, slot) in subs {
+            let frame = match &frames[format.index()] {
+                Some(f) => f.clone(),
+                None => match protocol::encode_broadcast(format, &topic, "new", &payload) {
+                    Ok(f) => {
+                        frames[format.index()] = Some(f.clone());
+                        f
+                    }
+                    Err(_) => continue,
+                },
+            };
+            if slot.offer(frame, at) {
+                conflated += 1;
+            }
+            delivered += 1;
+            outbox.wake_writer();
+        }
+        self.metrics.deliveries.increment(delivered);
+        self.metrics.conflated.increment(conflated);
+    }
+}
+
+/// One asset's feed: connect, relay, reconnect, until aborted.
+async fn run_feed(relay: Arc<Relay>, feed: Arc<Feed>, url: String) {
+    let url = match UpstreamUrl::parse(&url) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(asset = %feed.asset, url, error = %e, "bad upstream URL");
+            return;
+        }
+    };
+    let mut backoff = Backoff::new(relay.settings.backoff);
+    loop {
+        match relay.connector.connect(&url).await {
+            Ok(up) => {
+                tracing::info!(asset = %feed.asset, "upstream live");
+                relay.set_status(&feed, Status::Live);
+                let since = Instant::now();
+                let why = relay_messages(&relay, &feed, up).await;
+                RelayMetrics::reconnect(why);
+                tracing::warn!(asset = %feed.asset, reason = why, "upstream lost; reconnecting");
+                backoff.on_disconnect(since.elapsed());
+            }
+            Err(e) => {
+                RelayMetrics::reconnect(e.label());
+                tracing::warn!(asset = %feed.asset, error = %e, "upstream connect failed");
+            }
+        }
+        relay.set_status(&feed, Status::Reconnecting);
+        backoff.wait().await;
+    }
+}
+
+/// Relay one connection's messages until it fails; returns why.
+async fn relay_messages(relay: &Relay, feed: &Feed, mut up: Upstream) -> &'static str {
+    let silence = relay.settings.silence_timeout;
+    let mut ping = tokio::time::interval((silence / 3).max(Duration::from_millis(10)));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let m = &relay.metrics;
+    enum Event {
+        Message(Result<Option<Bytes>, super::client::ClientError>),
+        Ping,
+        Silence,
+    }
+    loop {
+        let deadline = up.last_seen() + silence;
+        let event = tokio::select! {
+            msg = up.next_text() => Event::Message(msg),
+            _ = ping.tick() => Event::Ping,
+            _ = tokio::time::sleep_until(deadline) => Event::Silence,
+        };
+        match event {
+            Event::Message(Ok(Some(text))) => {
+                let at = Instant::now();
+                m.messages.increment(1);
+                match feed::parse(&text) {
+                    Ok(parsed) => {
+                        if !parsed.is_clean() {
+                            m.malformed.increment(1);
+                        }
+                        for tick in parsed.ticks.iter().filter(|t| t.asset == feed.asset) {
+                            relay.deliver(feed, tick, at);
+                        }
+                    }
+                    Err(e) => {
+                        m.malformed.increment(1);
+                        tracing::debug!(asset = %feed.asset, error = %e, "malformed upstream message");
+                    }
+                }
+            }
+            Event::Message(Ok(None)) => return "closed",
+            Event::Message(Err(e)) => return e.label(),
+            Event::Ping => {
+                let _ = up.ping(b"sluice");
+            }
+            Event::Silence => {
+                if up.last_seen() + silence <= tokio::time::Instant::now() {
+                    return "silent";
+                }
+            }
+        }
+    }
+}
