@@ -218,6 +218,12 @@ pub trait Channel: Send + 'static {
         payload: Payload,
     ) -> Result<Outcome, ChannelError>;
 
+    /// Called right after the join's `ok` reply is queued: for work whose
+    /// frames must follow the reply (e.g. attaching a live value stream).
+    fn after_join(&mut self, ch: &ChannelHandle) {
+        let _ = ch;
+    }
+
     /// Called once when the channel ends for any reason but a crash.
     async fn terminate(&mut self, ch: &ChannelHandle, reason: Terminate) {
         let _ = (ch, reason);

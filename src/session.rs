@@ -295,6 +295,12 @@ impl Session {
                     self.outbox.clone(),
                 );
                 self.reply(jr, r, topic.as_str(), "ok", &reply);
+                if std::panic::catch_unwind(AssertUnwindSafe(|| channel.after_join(&handle)))
+                    .is_err()
+                {
+                    self.app.metrics.crashes.increment(1);
+                    tracing::error!(socket = self.id, %topic, "after_join panicked");
+                }
                 self.app.metrics.channels.increment(1.0);
                 self.channels.insert(
                     topic.clone(),

@@ -2,8 +2,9 @@
 //!
 //! # Contract
 //! * Join `prices:<asset>` (asset per [`super::feed::valid_asset`], else
-//!   refused `invalid_asset`) → reply `ok` `{asset, value, time}` with the
-//!   last known value (`null` before the first), then pushes `new`
+//!   refused `invalid_asset`) → reply `ok` `{asset, value, time, upstream}`
+//!   with the last known value (`null` before the first) and the upstream
+//!   state (`connecting`, `live`, `reconnecting`), then pushes `new`
 //!   `{value, time}` on every update (conflated: a slow socket gets the newest
 //!   value, never a backlog) and `status` `{upstream}` when the upstream
 //!   drops or comes back. Refused `upstream_limit` past
@@ -38,6 +39,7 @@ impl ChannelKind for PricesKind {
         Box::new(PricesChannel {
             relay: self.relay.clone(),
             subscription: None,
+            pending_slot: None,
         })
     }
 }
@@ -46,6 +48,7 @@ impl ChannelKind for PricesKind {
 pub struct PricesChannel {
     relay: Arc<Relay>,
     subscription: Option<(String, u64)>,
+    pending_slot: Option<Arc<LatestSlot>>,
 }
 
 impl Drop for PricesChannel {
@@ -78,16 +81,26 @@ impl Channel for PricesChannel {
             .subscribe(asset, ch.outbox.clone(), ch.format(), slot.clone())
             .map_err(|e| refuse(e.reason()))?;
         self.subscription = Some((asset.to_owned(), id));
-        ch.outbox
-            .add_urgent_stream(Box::new(LatestStream::new(slot, self.relay.latency())));
+        // Attached in `after_join`, once the reply is queued: prices offered
+        // meanwhile wait (conflated) in the slot.
+        self.pending_slot = Some(slot);
         let (value, time) = match last {
             Some(l) => (json!(l.value), json!(l.time)),
             None => (json!(null), json!(null)),
         };
-        let _ = status;
-        Ok(Payload::json(
-            &json!({ "asset": asset, "value": value, "time": time }),
-        ))
+        Ok(Payload::json(&json!({
+            "asset": asset,
+            "value": value,
+            "time": time,
+            "upstream": status.label(),
+        })))
+    }
+
+    fn after_join(&mut self, ch: &ChannelHandle) {
+        if let Some(slot) = self.pending_slot.take() {
+            ch.outbox
+                .add_urgent_stream(Box::new(LatestStream::new(slot, self.relay.latency())));
+        }
     }
 
     async fn handle_in(

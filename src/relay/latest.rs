@@ -1,7 +1,8 @@
 //! Conflation: one subscriber's newest price, as an urgent outbox stream.
 //!
 //! # Contract
-//! * A [`LatestSlot`] holds at most one frame. [`LatestSlot::offer`] replaces
+//! * A [`LatestSlot`] holds at most one price frame and one status frame
+//!   (the status goes first). [`LatestSlot::offer`] replaces
 //!   an unsent frame (counted as conflated): a slow subscriber gets the
 //!   newest price, never a queue of old ones, and never a disconnect.
 //! * The socket's writer pulls the slot right after its control lane
@@ -19,10 +20,11 @@ use metrics::Histogram;
 use crate::protocol::Frame;
 use crate::transport::outbox::{Pull, Stream};
 
-/// A subscriber's pending newest value.
+/// A subscriber's pending newest value (and newest upstream status).
 #[derive(Default)]
 pub struct LatestSlot {
     pending: Mutex<Option<(Frame, Instant)>>,
+    status: Mutex<Option<Frame>>,
     closed: AtomicBool,
 }
 
@@ -35,6 +37,12 @@ impl LatestSlot {
             .unwrap_or_else(|p| p.into_inner())
             .replace((frame, at))
             .is_some()
+    }
+
+    /// Put a `status` push in the slot (replacing an unsent one: only the
+    /// newest upstream state matters). Sent before the next price.
+    pub fn offer_status(&self, frame: Frame) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(frame);
     }
 
     /// End the stream (the subscriber left).
@@ -67,6 +75,15 @@ impl Stream for LatestStream {
     fn pull(&mut self) -> Pull {
         if self.slot.closed.load(Ordering::Relaxed) {
             return Pull::Done(None);
+        }
+        let status = self
+            .slot
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(frame) = status {
+            return Pull::Frame(frame);
         }
         match self.slot.take() {
             Some((frame, at)) => {

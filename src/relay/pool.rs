@@ -15,7 +15,8 @@
 //!   a stable period), pings its upstream every third of
 //!   `upstream_silence_timeout` and reconnects when nothing (message or pong)
 //!   arrived for that long. Subscribers stay joined throughout and get
-//!   `status {upstream: "reconnecting" | "live"}` pushes.
+//!   `status {upstream: "reconnecting" | "live"}` pushes, conflated in the
+//!   same urgent slot as prices (sent before the next price).
 //! * Each upstream message is parsed once; each price is encoded once per
 //!   serializer (join_ref null, like a Phoenix broadcast) and offered to every
 //!   subscriber's [`LatestSlot`] (conflation: never a queue, never a
@@ -92,7 +93,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn label(self) -> &'static str {
+    /// The word clients see.
+    pub fn label(self) -> &'static str {
         match self {
             Status::Connecting => "connecting",
             Status::Live => "live",
@@ -114,6 +116,11 @@ struct FeedState {
     /// Bumped by every subscribe, so a linger timer knows it is stale.
     generation: u64,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The one linger timer of this feed, while it has no subscribers.
+    linger: Option<tokio::task::JoinHandle<()>>,
+    /// Set when the feed is stopped: a task finishing its last step after
+    /// the abort must not move the gauges.
+    stopped: bool,
 }
 
 struct Feed {
@@ -235,7 +242,19 @@ impl Relay {
             Some(f) => f.clone(),
             None => {
                 if feeds.len() >= self.settings.max_connections {
-                    return Err(RelayError::UpstreamLimit);
+                    // Lingering feeds (no subscribers) give way to a live demand.
+                    let idle = feeds
+                        .iter()
+                        .find(|(_, f)| f.lock().subscribers.is_empty())
+                        .map(|(a, _)| a.clone());
+                    match idle {
+                        Some(asset) => {
+                            if let Some(f) = feeds.remove(&asset) {
+                                self.stop(&f);
+                            }
+                        }
+                        None => return Err(RelayError::UpstreamLimit),
+                    }
                 }
                 let feed = Arc::new(Feed {
                     asset: asset.to_owned(),
@@ -245,6 +264,8 @@ impl Relay {
                         subscribers: HashMap::new(),
                         generation: 0,
                         task: None,
+                        linger: None,
+                        stopped: false,
                     }),
                 });
                 feeds.insert(asset.to_owned(), feed.clone());
@@ -253,6 +274,9 @@ impl Relay {
         };
         let mut st = feed.lock();
         st.generation += 1;
+        if let Some(timer) = st.linger.take() {
+            timer.abort();
+        }
         st.subscribers.insert(
             id,
             Subscriber {
@@ -275,23 +299,38 @@ impl Relay {
         let Some(feed) = self.feeds().get(asset).cloned() else {
             return;
         };
-        let generation = {
-            let mut st = feed.lock();
-            if let Some(sub) = st.subscribers.remove(&id) {
-                sub.slot.close();
-            }
-            if !st.subscribers.is_empty() {
-                return;
-            }
-            st.generation
-        };
+        let mut st = feed.lock();
+        if let Some(sub) = st.subscribers.remove(&id) {
+            sub.slot.close();
+        }
+        if !st.subscribers.is_empty() || st.stopped {
+            return;
+        }
+        // One timer per feed: a new one replaces the old.
+        let generation = st.generation;
         let relay = self.clone();
         let linger = self.settings.linger;
         let asset = asset.to_owned();
-        tokio::spawn(async move {
+        if let Some(old) = st.linger.replace(tokio::spawn(async move {
             tokio::time::sleep(linger).await;
             relay.stop_if_idle(&asset, generation);
-        });
+        })) {
+            old.abort();
+        }
+    }
+
+    /// Stop a feed's task (feeds lock held by the caller, feed removed from the map).
+    fn stop(&self, feed: &Feed) {
+        let mut st = feed.lock();
+        st.stopped = true;
+        if let Some(task) = st.task.take() {
+            task.abort();
+            self.metrics.gauge(st.status).decrement(1.0);
+        }
+        if let Some(timer) = st.linger.take() {
+            timer.abort();
+        }
+        tracing::info!(asset = %feed.asset, "upstream closed");
     }
 
     fn stop_if_idle(&self, asset: &str, generation: u64) {
@@ -299,23 +338,22 @@ impl Relay {
         let Some(feed) = feeds.get(asset).cloned() else {
             return;
         };
-        let mut st = feed.lock();
-        if !st.subscribers.is_empty() || st.generation != generation {
-            return;
+        {
+            let mut st = feed.lock();
+            if !st.subscribers.is_empty() || st.generation != generation {
+                return;
+            }
+            // This timer is the one running now: do not abort it.
+            st.linger = None;
         }
-        if let Some(task) = st.task.take() {
-            task.abort();
-            self.metrics.gauge(st.status).decrement(1.0);
-        }
-        drop(st);
         feeds.remove(asset);
-        tracing::info!(asset, "upstream closed: no subscribers after the linger");
+        self.stop(&feed);
     }
 
     fn set_status(&self, feed: &Feed, status: Status) {
-        let subs: Vec<(Arc<Outbox>, Format)> = {
+        let subs: Vec<(Arc<Outbox>, Format, Arc<LatestSlot>)> = {
             let mut st = feed.lock();
-            if st.status == status {
+            if st.status == status || st.stopped {
                 return;
             }
             self.metrics.gauge(st.status).decrement(1.0);
@@ -323,23 +361,27 @@ impl Relay {
             st.status = status;
             st.subscribers
                 .values()
-                .map(|s| (s.outbox.clone(), s.format))
+                .map(|s| (s.outbox.clone(), s.format, s.slot.clone()))
                 .collect()
         };
         let topic = format!("prices:{}", feed.asset);
         let payload = Payload::json(&json!({ "upstream": status.label() }));
         let mut frames: [Option<Frame>; 2] = [None, None];
-        for (outbox, format) in subs {
-            let frame = frames[format.index()].get_or_insert_with(|| {
-                protocol::encode_broadcast(format, &topic, "status", &payload).unwrap_or(Frame {
-                    opcode: protocol::Opcode::Text,
-                    head: Bytes::new(),
-                    body: Bytes::new(),
-                })
-            });
-            if !frame.head.is_empty() {
-                outbox.push_bulk(frame.clone());
-            }
+        for (outbox, format, slot) in subs {
+            let frame = match &frames[format.index()] {
+                Some(f) => f.clone(),
+                None => match protocol::encode_broadcast(format, &topic, "status", &payload) {
+                    Ok(f) => {
+                        frames[format.index()] = Some(f.clone());
+                        f
+                    }
+                    Err(_) => continue,
+                },
+            };
+            // Conflated like prices (the urgent lane): never queued behind
+            // pushes, never a reason to disconnect a slow subscriber.
+            slot.offer_status(frame);
+            outbox.wake_writer();
         }
     }
 
