@@ -1,8 +1,8 @@
 //! Conflation: one subscriber's newest price, as an urgent outbox stream.
 //!
 //! # Contract
-//! * A [`LatestSlot`] holds at most one price frame and one status frame
-//!   (the status goes first). [`LatestSlot::offer`] replaces
+//! * A [`LatestSlot`] holds at most one price frame and one status frame,
+//!   sent in the order they were offered. [`LatestSlot::offer`] replaces
 //!   an unsent frame (counted as conflated): a slow subscriber gets the
 //!   newest price, never a queue of old ones, and never a disconnect.
 //! * The socket's writer pulls the slot right after its control lane
@@ -23,26 +23,40 @@ use crate::transport::outbox::{Pull, Stream};
 /// A subscriber's pending newest value (and newest upstream status).
 #[derive(Default)]
 pub struct LatestSlot {
-    pending: Mutex<Option<(Frame, Instant)>>,
-    status: Mutex<Option<Frame>>,
+    pending: Mutex<Pending>,
     closed: AtomicBool,
 }
 
+/// The newest price and status, each with the order it was offered in.
+#[derive(Default)]
+struct Pending {
+    price: Option<(Frame, Instant, u64)>,
+    status: Option<(Frame, u64)>,
+    seq: u64,
+}
+
 impl LatestSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Put `frame` (received from upstream at `at`) in the slot. Returns true
     /// if it replaced a frame the subscriber had not been sent yet.
     pub fn offer(&self, frame: Frame, at: Instant) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace((frame, at))
-            .is_some()
+        let mut p = self.lock();
+        p.seq += 1;
+        let seq = p.seq;
+        p.price.replace((frame, at, seq)).is_some()
     }
 
     /// Put a `status` push in the slot (replacing an unsent one: only the
-    /// newest upstream state matters). Sent before the next price.
+    /// newest upstream state matters). It goes out in the order it was
+    /// offered relative to the pending price.
     pub fn offer_status(&self, frame: Frame) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(frame);
+        let mut p = self.lock();
+        p.seq += 1;
+        let seq = p.seq;
+        p.status = Some((frame, seq));
     }
 
     /// End the stream (the subscriber left).
@@ -50,11 +64,19 @@ impl LatestSlot {
         self.closed.store(true, Ordering::Relaxed);
     }
 
-    fn take(&self) -> Option<(Frame, Instant)> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+    /// The pending frame offered first, and for a price its arrival time.
+    fn take(&self) -> Option<(Frame, Option<Instant>)> {
+        let mut p = self.lock();
+        let status_first = match (&p.status, &p.price) {
+            (Some((_, s)), Some((_, _, q))) => s < q,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if status_first {
+            p.status.take().map(|(f, _)| (f, None))
+        } else {
+            p.price.take().map(|(f, at, _)| (f, Some(at)))
+        }
     }
 }
 
@@ -76,18 +98,11 @@ impl Stream for LatestStream {
         if self.slot.closed.load(Ordering::Relaxed) {
             return Pull::Done(None);
         }
-        let status = self
-            .slot
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(frame) = status {
-            return Pull::Frame(frame);
-        }
         match self.slot.take() {
             Some((frame, at)) => {
-                self.latency.record(at.elapsed().as_secs_f64());
+                if let Some(at) = at {
+                    self.latency.record(at.elapsed().as_secs_f64());
+                }
                 Pull::Frame(frame)
             }
             None => Pull::Pending,
@@ -121,6 +136,29 @@ mod tests {
             other => panic!("expected the newest frame, got {other:?}"),
         }
         assert!(matches!(stream.pull(), Pull::Pending));
+        // A price offered before a status goes first, and the other way round.
+        slot.offer(frame(b"p1"), Instant::now());
+        slot.offer_status(frame(b"s1"));
+        slot.offer(frame(b"p2"), Instant::now());
+        let order: Vec<Vec<u8>> = (0..2)
+            .map(|_| match stream.pull() {
+                Pull::Frame(f) => f.head.to_vec(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![b"s1".to_vec(), b"p2".to_vec()],
+            "p1 conflated by p2, which came after s1"
+        );
+        slot.offer(frame(b"p3"), Instant::now());
+        slot.offer_status(frame(b"s2"));
+        match stream.pull() {
+            Pull::Frame(f) => {
+                assert_eq!(&f.head[..], b"p3", "an earlier price before a later status")
+            }
+            other => panic!("{other:?}"),
+        }
         slot.close();
         assert!(matches!(stream.pull(), Pull::Done(None)));
     }
