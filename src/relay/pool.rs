@@ -505,3 +505,80 @@ async fn relay_messages(relay: &Relay, feed: &Feed, mut up: Upstream) -> &'stati
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::SlowConsumerPolicy;
+    use crate::transport::outbox::Limits;
+
+    fn relay(linger: Duration, max: usize) -> Arc<Relay> {
+        let connector = Connector::new(&super::super::client::ClientConfig::default()).unwrap();
+        // Port 9 (discard) on loopback: refused at once; the feed keeps retrying.
+        Arc::new(Relay::new(
+            RelaySettings {
+                linger,
+                max_connections: max,
+                backoff: backoff::Settings::default(),
+                silence_timeout: Duration::from_secs(30),
+            },
+            connector,
+            Some("ws://127.0.0.1:9/prices?assets={assets}".into()),
+        ))
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(
+            Limits {
+                bulk_bytes: 1 << 20,
+                control_bytes: 1 << 20,
+                policy: SlowConsumerPolicy::Drop,
+            },
+            crate::metrics::Metrics::new(),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_keeps_the_feed_then_stops_it_and_a_return_cancels_it() {
+        let r = relay(Duration::from_secs(30), 10);
+        let slot = Arc::new(LatestSlot::default());
+        let (id, last, status) = r.subscribe("bitcoin", outbox(), Format::V2, slot).unwrap();
+        assert_eq!((last, status), (None, Status::Connecting));
+        r.unsubscribe("bitcoin", id);
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(r.active_assets(), 1, "still lingering");
+        // A subscriber during the linger keeps the feed past the first timer.
+        let (id2, ..) = r
+            .subscribe(
+                "bitcoin",
+                outbox(),
+                Format::V2,
+                Arc::new(LatestSlot::default()),
+            )
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(r.active_assets(), 1, "the old timer did not stop it");
+        r.unsubscribe("bitcoin", id2);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(r.active_assets(), 0, "stopped after the linger");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_refuses_only_when_no_feed_is_lingering() {
+        let r = relay(Duration::from_secs(30), 1);
+        let (a, ..) = r
+            .subscribe("a", outbox(), Format::V2, Arc::new(LatestSlot::default()))
+            .unwrap();
+        assert_eq!(
+            r.subscribe("b", outbox(), Format::V2, Arc::new(LatestSlot::default()))
+                .err(),
+            Some(RelayError::UpstreamLimit)
+        );
+        r.unsubscribe("a", a);
+        assert!(r
+            .subscribe("b", outbox(), Format::V2, Arc::new(LatestSlot::default()))
+            .is_ok());
+        assert_eq!(r.active_assets(), 1);
+    }
+}
