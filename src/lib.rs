@@ -34,6 +34,7 @@ pub mod api;
 pub mod app;
 pub mod channel;
 pub mod channels;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod files;

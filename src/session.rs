@@ -376,13 +376,23 @@ impl Session {
         let join_ref = joined.join_ref.clone();
         match result {
             Ok(Ok(Outcome::Reply { status, response })) => {
-                self.reply(
-                    join_ref.as_ref(),
-                    msg.ref_.as_ref(),
-                    topic.as_str(),
-                    &status,
-                    &response,
-                );
+                // A channel with deferred replies outstanding answers through
+                // the same queue, so replies keep push order.
+                let queue = self.channels.get(&topic).and_then(|j| j.later.clone());
+                match queue {
+                    Some(queue) => {
+                        let ready: LaterReply =
+                            Box::pin(std::future::ready(LateReply::new(status, response)));
+                        let _ = queue.send((msg.ref_.clone(), ready)).await;
+                    }
+                    None => self.reply(
+                        join_ref.as_ref(),
+                        msg.ref_.as_ref(),
+                        topic.as_str(),
+                        &status,
+                        &response,
+                    ),
+                }
             }
             Ok(Ok(Outcome::Later(reply))) => {
                 let (format, outbox, id) = (self.format, self.outbox.clone(), self.id);

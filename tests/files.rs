@@ -514,11 +514,15 @@ async fn a_chunk_after_finish_is_refused_not_appended_to_an_implicit_file() {
     let frame = binary_push("1", "x", "files:up", "chunk", b"stray");
     ws.send(Message::Binary(frame)).await.unwrap();
     let mut got = std::collections::HashMap::new();
+    let mut order = Vec::new();
     while got.len() < 3 {
         if let In::Json(v) = next(&mut ws).await {
+            order.push(v[1].as_str().unwrap().to_owned());
             got.insert(v[1].as_str().unwrap().to_owned(), v[4].clone());
         }
     }
+    // The immediate `no_upload` reply waits behind the deferred finish ack.
+    assert_eq!(order, vec!["c", "f", "x"], "replies in push order");
     assert_eq!(got["c"]["response"]["offset"], 3);
     assert_eq!(got["f"]["status"], "ok");
     assert_eq!(got["x"]["response"]["reason"], "no_upload");

@@ -81,11 +81,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
 use super::aligned::{AlignedBuf, ALIGN};
+use super::mapped::hex;
 
 /// The per-user directory holding partial uploads and temporary files.
 pub const PARTIAL_DIR: &str = ".partial";
@@ -422,7 +422,7 @@ impl UploadStore {
     fn link_raw(&self, dir: &Path, tmp: &Path) -> Result<String, UploadError> {
         for _ in 0..RAW_NAME_ATTEMPTS {
             let n = self.raw_counter.fetch_add(1, Ordering::Relaxed);
-            let name = format!("raw-{}-{n}.bin", unix_ms());
+            let name = format!("raw-{}-{n}.bin", crate::clock::now_ms());
             let dest = dir.join(&name);
             match fs::hard_link(tmp, &dest) {
                 Ok(()) => return Ok(name),
@@ -857,12 +857,6 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
 fn len_u64(data: &[u8]) -> u64 {
     u64::try_from(data.len()).unwrap_or(u64::MAX)
 }
@@ -874,15 +868,6 @@ fn hex_digit(nibble: u8, upper: bool) -> char {
         b"0123456789abcdef"
     };
     char::from(digits[usize::from(nibble & 0xf)])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(hex_digit(b >> 4, false));
-        out.push(hex_digit(b & 0xf, false));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1306,7 +1291,7 @@ mod tests {
         let dir = store.user_dir("u");
         fs::create_dir_all(&dir).unwrap();
         // Occupy the next names a second store of the same root would pick.
-        let ms = unix_ms();
+        let ms = crate::clock::now_ms();
         for t in ms..ms + 50 {
             fs::write(dir.join(format!("raw-{t}-0.bin")), b"old").unwrap();
         }

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
@@ -181,13 +181,6 @@ pub struct Relay {
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     next_id: AtomicU64,
     metrics: RelayMetrics,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Relay {
@@ -386,7 +379,7 @@ impl Relay {
     }
 
     fn deliver(&self, feed: &Feed, tick: &feed::Tick, at: Instant) {
-        let time = now_ms();
+        let time = crate::clock::now_ms();
         let subs: Vec<(Arc<Outbox>, Format, Arc<LatestSlot>)> = {
             let mut st = feed.lock();
             st.last = Some(Last {

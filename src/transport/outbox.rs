@@ -174,6 +174,20 @@ struct State {
     closing: bool,
 }
 
+/// Streams taken out of a closing outbox, dropped after its lock is released.
+type Discarded = (VecDeque<Box<dyn Stream>>, Vec<Box<dyn Stream>>);
+
+impl State {
+    /// Take every stream out, to be dropped after the lock is released
+    /// (dropping the last user of a file map unmaps it: a syscall).
+    fn discard_streams(&mut self) -> Discarded {
+        (
+            std::mem::take(&mut self.streams),
+            std::mem::take(&mut self.urgent),
+        )
+    }
+}
+
 /// A socket's outbound queue, shared by its session, its writer and the pubsub.
 pub struct Outbox {
     state: Mutex<State>,
@@ -218,6 +232,8 @@ impl Outbox {
 
     /// Queue a WebSocket-level control item (pong, close echo).
     pub fn push_control_item(&self, item: Item) -> bool {
+        // Dropped when this function returns, after the lock is released.
+        let mut discarded = Discarded::default();
         {
             let mut s = self.lock();
             if s.closing {
@@ -238,18 +254,20 @@ impl Outbox {
                 s.close_echo_queued = true;
                 s.bulk.clear();
                 s.bulk_bytes = 0;
-                s.streams.clear();
-                s.urgent.clear();
+                discarded = s.discard_streams();
             }
             s.control_bytes += item.len();
             s.control.push_back(item);
         }
+        drop(discarded);
         self.writer.notify_one();
         true
     }
 
     /// Queue a bulk frame (push or broadcast), applying the slow-consumer policy.
     pub fn push_bulk(&self, frame: Frame) -> PushOutcome {
+        // Dropped when this function returns, after the lock is released.
+        let mut discarded = Discarded::default();
         let outcome = {
             let mut s = self.lock();
             if s.closing {
@@ -264,8 +282,7 @@ impl Outbox {
                         s.closing = true;
                         s.bulk.clear();
                         s.bulk_bytes = 0;
-                        s.streams.clear();
-                        s.urgent.clear();
+                        discarded = s.discard_streams();
                         s.close = Some(CloseRequest {
                             code: close_code::TRY_AGAIN_LATER,
                             reason: "slow consumer".into(),
@@ -279,6 +296,7 @@ impl Outbox {
                 PushOutcome::Queued
             }
         };
+        drop(discarded);
         match outcome {
             PushOutcome::Queued => self.writer.notify_one(),
             PushOutcome::Dropped => self.metrics.queue_dropped.increment(1),

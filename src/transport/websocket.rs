@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fastwebsockets::{OpCode, Role, WebSocketError};
@@ -50,13 +49,6 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
     r
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// What a socket speaks once upgraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -84,7 +76,12 @@ pub fn upgrade(
         metrics::connect_rejected("bad_request");
         return status(StatusCode::BAD_REQUEST);
     }
-    let info = match connect::authorize(&app, req.uri().query(), req.headers(), now_ms()) {
+    let info = match connect::authorize(
+        &app,
+        req.uri().query(),
+        req.headers(),
+        crate::clock::now_ms(),
+    ) {
         Ok(info) => info,
         Err(reject) => {
             metrics::connect_rejected(reject.label());
