@@ -11,7 +11,8 @@
 //! * [`stats`]: per-connection counters, error kinds and latency histogram.
 //! * [`report`]: the [`Summary`], as JSON or as a table.
 //! * [`scenarios`]: one module per scenario ([`scenarios::echo`],
-//!   [`scenarios::broadcast`]).
+//!   [`scenarios::broadcast`], [`scenarios::download`], [`scenarios::upload`],
+//!   [`scenarios::prices`]).
 //!
 //! # Embedding
 //! ```no_run
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 pub use report::Summary;
 pub use scenarios::download::{DownloadArgs, TransferSummary};
+pub use scenarios::prices::{PricesArgs, PricesSummary};
 pub use scenarios::upload::UploadArgs;
 pub use scenarios::{broadcast::BroadcastArgs, echo::EchoArgs};
 
@@ -87,6 +89,8 @@ pub enum Scenario {
     Download(DownloadArgs),
     /// C connections, each uploading --size bytes over its own `files:` channel, windowed.
     Upload(UploadArgs),
+    /// C connections subscribed to `prices:<asset>` relay channels; upstream-to-client latency.
+    Prices(PricesArgs),
 }
 
 /// Options every scenario takes.
@@ -200,6 +204,7 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Result<Summary, Error>
         Scenario::Broadcast(args) => scenarios::broadcast::run(common, args).await,
         Scenario::Download(args) => scenarios::download::run(common, args).await,
         Scenario::Upload(args) => scenarios::upload::run(common, args).await,
+        Scenario::Prices(args) => scenarios::prices::run(common, args).await,
     }
 }
 

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice_load::scenarios::{download, upload};
+use sluice_load::scenarios::{download, prices, upload};
 use sluice_load::{Cli, Error, Scenario};
 
 /// What a run printed: JSON or a table, and how many errors it counted.
@@ -17,11 +17,20 @@ struct Printed {
     errors: u64,
 }
 
-/// Run the scenario; the files scenarios print their `transfer` figures too.
+/// Run the scenario; the files scenarios print their `transfer` figures too,
+/// and `prices` its `prices` figures.
 async fn run(cli: &Cli) -> Result<Printed, Error> {
     let transfer = match &cli.scenario {
         Scenario::Download(args) => download::run_transfer(&cli.common, args).await?,
         Scenario::Upload(args) => upload::run_transfer(&cli.common, args).await?,
+        Scenario::Prices(args) => {
+            let p = prices::run_prices(&cli.common, args).await?;
+            return Ok(Printed {
+                json: p.to_json(),
+                table: p.to_table(),
+                errors: p.summary.errors,
+            });
+        }
         other => {
             let s = sluice_load::run(&cli.common, other).await?;
             return Ok(Printed {

@@ -388,3 +388,68 @@ async fn upload_is_windowed_and_verified() {
     assert_eq!(found, 2);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_counts_relayed_pushes_and_latency() {
+    use sluice::relay::mock::{MockOptions, MockUpstream};
+    use sluice_load::PricesArgs;
+
+    let mock = MockUpstream::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        MockOptions {
+            rate_hz: 50.0,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let upstream = format!("ws://{}/prices?assets={{assets}}", mock.local_addr());
+    let server = start_with(move |c| c.upstream = upstream).await;
+
+    let mut c = common(server.addr, 5);
+    c.duration = Duration::from_secs(2);
+    c.warmup = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let args = PricesArgs {
+        assets: vec!["bitcoin".into(), "ethereum".into()],
+        all_assets: false,
+    };
+    let p = sluice_load::scenarios::prices::run_prices(&c, &args)
+        .await
+        .expect("prices runs");
+    let v: Value = serde_json::from_str(&p.to_json()).expect("summary is JSON");
+    assert_eq!(v["scenario"], "prices", "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["connections"]["established"], 5, "{v}");
+    assert_eq!(v["prices"]["joined"], 5, "{v}");
+    assert!(v["received"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["rate"].as_f64().unwrap() > 0.0, "{v}");
+    for field in ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"] {
+        assert!(
+            v["latency_us"][field].is_number(),
+            "latency_us.{field} in {v}"
+        );
+    }
+    // Same host clock, loopback: well under a second.
+    assert!(v["latency_us"]["p50"].as_u64().unwrap() < 1_000_000, "{v}");
+    assert!(v["prices"]["status_pushes"].is_u64(), "{v}");
+    assert!(p.to_table().contains("status"), "{}", p.to_table());
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // Every asset on every connection.
+    let all = PricesArgs {
+        all_assets: true,
+        ..args
+    };
+    c.connections = 2;
+    c.duration = Duration::from_millis(500);
+    let p = sluice_load::scenarios::prices::run_prices(&c, &all)
+        .await
+        .expect("prices runs");
+    assert_eq!(p.summary.errors, 0, "{}", p.to_json());
+    assert_eq!(p.prices.joined, 4, "{}", p.to_json());
+    assert!(p.summary.received > 0, "{}", p.to_json());
+
+    server.stop().await;
+    drop(mock);
+}

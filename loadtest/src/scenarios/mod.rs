@@ -4,6 +4,7 @@
 pub mod broadcast;
 pub mod download;
 pub mod echo;
+pub mod prices;
 pub mod upload;
 
 /// Format `n` in decimal into `buf` without allocating; returns the digits.
