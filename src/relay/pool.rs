@@ -125,6 +125,8 @@ struct FeedState {
 
 struct Feed {
     asset: String,
+    /// `prices:<asset>`, built once (used for every encoded frame).
+    topic: String,
     state: Mutex<FeedState>,
 }
 
@@ -251,6 +253,7 @@ impl Relay {
                 }
                 let feed = Arc::new(Feed {
                     asset: asset.to_owned(),
+                    topic: format!("prices:{asset}"),
                     state: Mutex::new(FeedState {
                         last: None,
                         status: Status::Connecting,
@@ -344,7 +347,7 @@ impl Relay {
     }
 
     fn set_status(&self, feed: &Feed, status: Status) {
-        let subs: Vec<(Arc<Outbox>, Format, Arc<LatestSlot>)> = {
+        let subs = {
             let mut st = feed.lock();
             if st.status == status || st.stopped {
                 return;
@@ -352,69 +355,74 @@ impl Relay {
             self.metrics.gauge(st.status).decrement(1.0);
             self.metrics.gauge(status).increment(1.0);
             st.status = status;
-            st.subscribers
-                .values()
-                .map(|s| (s.outbox.clone(), s.format, s.slot.clone()))
-                .collect()
+            subscribers(&st)
         };
-        let topic = format!("prices:{}", feed.asset);
         let payload = Payload::json(&json!({ "upstream": status.label() }));
-        let mut frames: [Option<Frame>; 2] = [None, None];
-        for (outbox, format, slot) in subs {
-            let frame = match &frames[format.index()] {
-                Some(f) => f.clone(),
-                None => match protocol::encode_broadcast(format, &topic, "status", &payload) {
-                    Ok(f) => {
-                        frames[format.index()] = Some(f.clone());
-                        f
-                    }
-                    Err(_) => continue,
-                },
-            };
-            // Conflated like prices (the urgent lane): never queued behind
-            // pushes, never a reason to disconnect a slow subscriber.
+        // Conflated like prices (the urgent lane): never queued behind
+        // pushes, never a reason to disconnect a slow subscriber.
+        fan_out(feed, subs, "status", &payload, |slot, frame| {
             slot.offer_status(frame);
-            outbox.wake_writer();
-        }
+            false
+        });
     }
 
     fn deliver(&self, feed: &Feed, tick: &feed::Tick, at: Instant) {
         let time = crate::clock::now_ms();
-        let subs: Vec<(Arc<Outbox>, Format, Arc<LatestSlot>)> = {
+        let subs = {
             let mut st = feed.lock();
             st.last = Some(Last {
                 value: tick.value,
                 time,
             });
-            st.subscribers
-                .values()
-                .map(|s| (s.outbox.clone(), s.format, s.slot.clone()))
-                .collect()
+            subscribers(&st)
         };
-        let topic = format!("prices:{}", feed.asset);
         let payload = Payload::json(&json!({ "value": tick.value, "time": time }));
-        let mut frames: [Option<Frame>; 2] = [None, None];
-        let (mut delivered, mut conflated) = (0u64, 0u64);
-        for (outbox, format, slot) in subs {
-            let frame = match &frames[format.index()] {
-                Some(f) => f.clone(),
-                None => match protocol::encode_broadcast(format, &topic, "new", &payload) {
-                    Ok(f) => {
-                        frames[format.index()] = Some(f.clone());
-                        f
-                    }
-                    Err(_) => continue,
-                },
-            };
-            if slot.offer(frame, at) {
-                conflated += 1;
-            }
-            delivered += 1;
-            outbox.wake_writer();
-        }
+        let (delivered, conflated) = fan_out(feed, subs, "new", &payload, |slot, frame| {
+            slot.offer(frame, at)
+        });
         self.metrics.deliveries.increment(delivered);
         self.metrics.conflated.increment(conflated);
     }
+}
+
+type Subs = Vec<(Arc<Outbox>, Format, Arc<LatestSlot>)>;
+
+/// A snapshot of a feed's subscribers, taken under its lock.
+fn subscribers(st: &FeedState) -> Subs {
+    st.subscribers
+        .values()
+        .map(|s| (s.outbox.clone(), s.format, s.slot.clone()))
+        .collect()
+}
+
+/// Encode `event` once per serializer and hand the shared frame to every
+/// subscriber's slot with `offer` (true = it replaced an unsent frame), then
+/// wake its writer. Returns (offered, replaced).
+fn fan_out(
+    feed: &Feed,
+    subs: Subs,
+    event: &str,
+    payload: &Payload,
+    offer: impl Fn(&LatestSlot, Frame) -> bool,
+) -> (u64, u64) {
+    let mut frames: [Option<Frame>; 2] = [None, None];
+    let (mut offered, mut replaced) = (0u64, 0u64);
+    for (outbox, format, slot) in subs {
+        let frame = match &frames[format.index()] {
+            Some(f) => f.clone(),
+            None => match protocol::encode_broadcast(format, &feed.topic, event, payload) {
+                Ok(f) => {
+                    frames[format.index()] = Some(f.clone());
+                    f
+                }
+                Err(_) => continue,
+            },
+        };
+        replaced += u64::from(offer(&slot, frame));
+        offered += 1;
+        outbox.wake_writer();
+    }
+    (offered, replaced)
 }
 
 /// One asset's feed: connect, relay, reconnect, until aborted.
