@@ -112,6 +112,20 @@ impl App {
             .collect()
     }
 
+    /// Close (1001) every socket that sent nothing for `idle_ms`; returns how
+    /// many were closed. Called by the server's idle sweep.
+    pub fn close_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
+        let idle: Vec<Arc<Outbox>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|o| o.close_if_idle(now_ms, idle_ms))
+            .cloned()
+            .collect();
+        idle.len()
+    }
+
     /// Number of live sockets.
     pub fn live_count(&self) -> usize {
         self.sessions

@@ -9,7 +9,7 @@
 //! * [`install`] puts the Prometheus recorder in place once per process and
 //!   returns the handle `/metrics` renders.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram, Unit};
@@ -187,9 +187,20 @@ fn describe() {
     );
 }
 
-/// Pre-resolved handles for the hot paths.
+/// Pre-resolved handles for the hot paths, shared: a clone is one pointer
+/// (every socket's outbox and channel holds one).
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Handles>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Handles;
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// The handles behind [`Metrics`].
+pub struct Handles {
     /// Open WebSocket connections.
     pub ws_connections: Gauge,
     /// Accepted WebSocket connections.
@@ -246,7 +257,7 @@ impl Metrics {
     /// Resolve the handles against the installed recorder (no-ops without one).
     pub fn new() -> Metrics {
         let t = ("transport", "websocket");
-        Metrics {
+        Metrics(Arc::new(Handles {
             ws_connections: gauge!("sluice_connections", t.0 => t.1),
             ws_connections_total: counter!("sluice_connections_total", t.0 => t.1),
             frames_in_text: counter!("sluice_frames_in_total", t.0 => t.1, "kind" => "text"),
@@ -272,7 +283,7 @@ impl Metrics {
             broadcasts_api: counter!("sluice_broadcasts_total", "origin" => "api"),
             deliveries: counter!("sluice_deliveries_total"),
             fanout_seconds: histogram!("sluice_broadcast_fanout_seconds"),
-        }
+        }))
     }
 }
 

@@ -97,7 +97,8 @@ pub struct Session {
     user_id: Option<Arc<str>>,
     outbox: Arc<Outbox>,
     app: Arc<App>,
-    channels: HashMap<Topic, Joined>,
+    /// Boxed values keep the map's empty buckets small.
+    channels: HashMap<Topic, Box<Joined>>,
 }
 
 fn reason(text: &str) -> Payload {
@@ -304,12 +305,12 @@ impl Session {
                 self.app.metrics.channels.increment(1.0);
                 self.channels.insert(
                     topic.clone(),
-                    Joined {
+                    Box::new(Joined {
                         join_ref,
                         channel,
                         handle,
                         later: None,
-                    },
+                    }),
                 );
             }
             Ok(Err(JoinError::Refused(response))) => {

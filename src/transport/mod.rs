@@ -4,9 +4,11 @@
 //! * [`websocket`]: upgrade and the reader task that runs a session.
 //! * [`writer`]: the writer task (vectored, corked writes).
 //! * [`outbox`]: a socket's bounded outbound lanes.
-//! * [`wire`], [`reassemble`]: pure WebSocket framing helpers.
+//! * [`wire`], [`frames`], [`reassemble`]: pure WebSocket framing helpers
+//!   (server frames out, client frames in, messages from fragments).
 
 pub mod connect;
+pub mod frames;
 pub mod outbox;
 pub mod reassemble;
 pub mod websocket;

@@ -25,6 +25,7 @@
 //!   across an `.await`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -193,6 +194,10 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Streams running or being prepared on this socket ([`StreamSlot`]s).
     stream_slots: std::sync::atomic::AtomicUsize,
+    /// When input last arrived ([`crate::clock::mono_ms`]), for the idle sweep.
+    last_input_ms: AtomicU64,
+    /// Closed by the idle sweep.
+    idle_closed: AtomicBool,
     writer: Notify,
     room: Notify,
     limits: Limits,
@@ -212,11 +217,35 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             stream_slots: std::sync::atomic::AtomicUsize::new(0),
+            last_input_ms: AtomicU64::new(crate::clock::mono_ms()),
+            idle_closed: AtomicBool::new(false),
             writer: Notify::new(),
             room: Notify::new(),
             limits,
             metrics,
         }
+    }
+
+    /// Record that input arrived at `now_ms` ([`crate::clock::mono_ms`]).
+    pub fn touch_input(&self, now_ms: u64) {
+        self.last_input_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Close with 1001 if no input arrived for `idle_ms` before `now_ms`.
+    /// Returns whether this call closed the socket.
+    pub fn close_if_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        let last = self.last_input_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < idle_ms || self.is_closing() {
+            return false;
+        }
+        self.idle_closed.store(true, Ordering::Relaxed);
+        self.close(close_code::GOING_AWAY, "idle timeout");
+        true
+    }
+
+    /// Whether the idle sweep closed this socket.
+    pub fn closed_for_idle(&self) -> bool {
+        self.idle_closed.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -460,6 +489,14 @@ impl Outbox {
             bulk += frame.len();
             batch.items.push(Item::Frame(frame));
             frames += 1;
+        }
+        // An emptied lane gives its memory back: an idle socket holds no
+        // queue capacity (the next push allocates a small one again).
+        if s.control.is_empty() && s.control.capacity() > 0 {
+            s.control = VecDeque::new();
+        }
+        if s.bulk.is_empty() && s.bulk.capacity() > 0 {
+            s.bulk = VecDeque::new();
         }
         // Streams: only once the bulk lane is empty, round-robin one frame at a
         // time, until the batch budget is spent or every stream is pending.

@@ -5,22 +5,19 @@
 //! # Contract
 //! * The upgrade is refused (403, empty body) before the 101 when
 //!   [`connect::authorize`] says so; nothing is spawned for a refused socket.
-//! * fastwebsockets' `read_frame` is not cancel-safe: it is raced in a
-//!   `select!` only against events after which the loop never reads again
-//!   (idle timeout, connection end).
+//! * Client frames are decoded by [`super::frames`] from a buffer the reader
+//!   owns and releases whenever it empties: an idle socket holds no read
+//!   buffer (it waits for readability first). Reading is cancel-safe.
 //! * Before each read the reader waits for room in the control lane, so
 //!   replies a client does not read cannot pile up ([`Outbox::wait_control_room`]).
 //! * Every way a socket ends is counted once in `sluice_disconnects_total`.
 
-use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use fastwebsockets::{OpCode, Role, WebSocketError};
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,12 +25,14 @@ use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connect::{self, ConnectInfo};
+use super::frames::{self, Op};
 use super::outbox::{close_code, Item, Limits, Outbox};
 use super::reassemble::{Kind, ReassembleError, Reassembler};
 use super::writer;
@@ -118,13 +117,17 @@ pub fn upgrade(
             Ok(ws) => {
                 let upgraded: Upgraded = ws.into_inner().into_inner();
                 match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => {
-                        let (r, w) = parts.io.into_inner().into_split();
-                        let r = std::io::Cursor::new(parts.read_buf).chain(r);
-                        run_socket(app, r, w, info, &inner_tracker, mode).await;
+                    Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+                        // Whatever hyper read past the request (usually nothing):
+                        // a copy, not a view that would pin hyper's read buffer.
+                        let early = BytesMut::from(&read_buf[..]);
+                        drop(read_buf);
+                        let (r, w) = io.into_inner().into_split();
+                        run_socket(app, Input::new(r, early), w, info, &inner_tracker, mode).await;
                     }
                     Err(upgraded) => {
                         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                        let r = Input::new(Buffered(r), BytesMut::new());
                         run_socket(app, r, w, info, &inner_tracker, mode).await;
                     }
                 }
@@ -135,39 +138,91 @@ pub fn upgrade(
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
-/// A reader that records when bytes last arrived, so the idle timeout
-/// measures silence rather than the length of one slow frame.
-struct Tracked<R> {
-    inner: R,
-    base: tokio::time::Instant,
-    last_ms: Arc<AtomicU64>,
+/// Where a socket's bytes come from: reads, and a wait for input that holds
+/// no buffer (so an idle socket costs no read buffer).
+pub(crate) trait Source: AsyncRead + Unpin + Send + 'static {
+    /// Resolves once a read would make progress (data, EOF or an error).
+    /// Cancel-safe; holds no buffer.
+    fn ready(&mut self) -> impl std::future::Future<Output = ()> + Send + '_;
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for Tracked<R> {
+impl Source for OwnedReadHalf {
+    async fn ready(&mut self) {
+        // An error here shows up again on the read that follows.
+        let _ = self.readable().await;
+    }
+}
+
+/// A source without a readiness wait (an upgraded stream that is not a
+/// plain TCP stream): the reader keeps a buffer while idle.
+pub(crate) struct Buffered<R>(R);
+
+impl<R: AsyncRead + Unpin + Send + 'static> AsyncRead for Buffered<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.last_ms.store(ms, Ordering::Relaxed);
-        }
-        r
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-/// Resolves once nothing was read for `timeout`. Cancel-safe.
-async fn silence(base: tokio::time::Instant, last_ms: &AtomicU64, timeout: std::time::Duration) {
-    loop {
-        let deadline =
-            base + std::time::Duration::from_millis(last_ms.load(Ordering::Relaxed)) + timeout;
-        if tokio::time::Instant::now() >= deadline {
-            return;
+impl<R: AsyncRead + Unpin + Send + 'static> Source for Buffered<R> {
+    fn ready(&mut self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        std::future::ready(())
+    }
+}
+
+/// Bytes asked for per read when no frame says how many it needs.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why reading the next frame failed.
+enum ReadFail {
+    /// The client hung up (or the connection broke).
+    Eof,
+    /// The client sent a frame we refuse.
+    Frame(frames::FrameError),
+}
+
+/// A socket's input: the source and the bytes read but not yet decoded.
+/// The buffer exists only while it holds bytes: it is released whenever it
+/// empties, and allocated again when the source becomes readable.
+pub(crate) struct Input<R> {
+    src: R,
+    buf: BytesMut,
+}
+
+impl<R: Source> Input<R> {
+    fn new(src: R, early: BytesMut) -> Input<R> {
+        Input { src, buf: early }
+    }
+
+    /// The next client frame, at most `max` bytes. Cancel-safe: bytes read
+    /// stay in the buffer. Tells `outbox` when bytes arrive (the idle sweep).
+    async fn next(&mut self, max: usize, outbox: &Outbox) -> Result<frames::Frame, ReadFail> {
+        loop {
+            let need = match frames::decode(&mut self.buf, max) {
+                Ok(frames::Decoded::Frame(f)) => {
+                    if self.buf.is_empty() {
+                        // Frames split off it keep what they use alive.
+                        self.buf = BytesMut::new();
+                    }
+                    return Ok(f);
+                }
+                Ok(frames::Decoded::Need(n)) => n,
+                Err(e) => return Err(ReadFail::Frame(e)),
+            };
+            if self.buf.is_empty() {
+                self.buf = BytesMut::new();
+                self.src.ready().await;
+            }
+            let want = need.max(READ_CHUNK);
+            self.buf.reserve(want.saturating_sub(self.buf.len()));
+            match self.src.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Err(ReadFail::Eof),
+                Ok(_) => outbox.touch_input(crate::clock::mono_ms()),
+            }
         }
-        tokio::time::sleep_until(deadline).await;
     }
 }
 
@@ -199,23 +254,15 @@ impl End {
     }
 }
 
-fn payload_bytes(p: fastwebsockets::Payload<'_>) -> Bytes {
-    match p {
-        fastwebsockets::Payload::Bytes(b) => b.freeze(),
-        fastwebsockets::Payload::Owned(v) => Bytes::from(v),
-        other => Bytes::copy_from_slice(&other),
-    }
-}
-
 async fn run_socket<R, W>(
     app: Arc<App>,
-    read: R,
+    read: Input<R>,
     write: W,
     info: ConnectInfo,
     tracker: &TaskTracker,
     mode: Mode,
 ) where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &app.config;
@@ -275,7 +322,7 @@ async fn run_socket<R, W>(
         End::Panic
     });
     if let Handler::Phoenix(session) = &mut session {
-        if AssertUnwindSafe(session.shutdown())
+        if AssertUnwindSafe(Box::pin(session.shutdown()))
             .catch_unwind()
             .await
             .is_err()
@@ -283,6 +330,12 @@ async fn run_socket<R, W>(
             tracing::error!(socket = id, "session shutdown panicked");
         }
     }
+    // However the reader saw it end, a socket the idle sweep closed counts as idle.
+    let end = if outbox.closed_for_idle() {
+        End::Idle
+    } else {
+        end
+    };
     app.unregister(id);
     done.cancel();
     let _ = writer.await;
@@ -297,32 +350,23 @@ const DRAIN_MAX_BYTES: usize = 64 << 20;
 /// How long the reader keeps discarding input after a server-side close.
 const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(3);
 
-async fn read_loop<R: AsyncRead + Unpin>(
+async fn read_loop<R: Source>(
     app: &App,
-    read: R,
+    mut input: Input<R>,
     outbox: &Arc<Outbox>,
     session: &mut Handler,
     format: Format,
     done: &CancellationToken,
 ) -> End {
-    let base = tokio::time::Instant::now();
-    let last_ms = Arc::new(AtomicU64::new(0));
-    let mut read = Tracked {
-        inner: read,
-        base,
-        last_ms: last_ms.clone(),
-    };
-    let end = read_messages(
-        app, &mut read, base, &last_ms, outbox, session, format, done,
-    )
-    .await;
+    let end = read_messages(app, &mut input, outbox, session, format, done).await;
     if !matches!(end, End::ClientClose | End::Eof | End::ServerClose) {
         // We asked to close while the client may still be sending (the rest of
         // an oversized message, say). Closing a socket with unread input makes
         // the kernel send a reset that can overtake our close frame, so keep
         // reading and discarding until the client hangs up, the writer is
         // done, or a bound is hit.
-        drain(&mut read, done).await;
+        input.buf = BytesMut::new();
+        Box::pin(drain(&mut input.src, done)).await;
     }
     end
 }
@@ -345,37 +389,16 @@ async fn drain<R: AsyncRead + Unpin>(read: &mut R, done: &CancellationToken) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_messages<R: AsyncRead + Unpin>(
+async fn read_messages<R: Source>(
     app: &App,
-    read: &mut R,
-    base: tokio::time::Instant,
-    last_ms: &AtomicU64,
+    input: &mut Input<R>,
     outbox: &Arc<Outbox>,
     session: &mut Handler,
     format: Format,
     done: &CancellationToken,
 ) -> End {
     let cfg = &app.config;
-    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    // fastwebsockets refuses a frame when `len >= max`; ours is inclusive.
-    ws.set_max_message_size(cfg.max_frame_bytes.saturating_add(1));
-    // Pings come back to this loop (not answered inside read_frame), so each
-    // one waits for control-lane room like any other input.
-    ws.set_auto_pong(false);
-    ws.set_auto_close(true);
     let mut reassembler = Reassembler::new(cfg.max_frame_bytes);
-    let obligations = outbox.clone();
-    let mut send_fn = move |frame: fastwebsockets::Frame<'_>| {
-        let item = match frame.opcode {
-            OpCode::Close => Some(Item::CloseEcho(payload_bytes(frame.payload))),
-            _ => None,
-        };
-        if let Some(item) = item {
-            obligations.push_control_item(item);
-        }
-        std::future::ready(Ok::<(), Infallible>(()))
-    };
     let m = &app.metrics;
     loop {
         tokio::select! {
@@ -383,30 +406,32 @@ async fn read_messages<R: AsyncRead + Unpin>(
             _ = done.cancelled() => return End::ServerClose,
         }
         let frame = tokio::select! {
-            r = ws.read_frame(&mut send_fn) => r,
-            _ = silence(base, last_ms, cfg.idle_timeout) => {
-                m.idle_timeouts.increment(1);
-                outbox.close(close_code::GOING_AWAY, "idle timeout");
-                return End::Idle;
-            }
+            r = input.next(cfg.max_frame_bytes, outbox) => r,
             _ = done.cancelled() => return End::ServerClose,
         };
         let frame = match frame {
             Ok(f) => f,
             Err(e) => return read_error(outbox, e),
         };
-        let kind = match frame.opcode {
-            OpCode::Close => return End::ClientClose,
-            OpCode::Ping => {
-                outbox.push_control_item(Item::Pong(payload_bytes(frame.payload)));
+        let kind = match frame.op {
+            Op::Close => {
+                if let Err(e) = frames::check_close(&frame.payload) {
+                    return frame_error(outbox, e);
+                }
+                // Echo the client's close (code and reason) and stop reading.
+                outbox.push_control_item(Item::CloseEcho(frame.payload));
+                return End::ClientClose;
+            }
+            Op::Ping => {
+                outbox.push_control_item(Item::Pong(frame.payload));
                 continue;
             }
-            OpCode::Pong => continue,
-            OpCode::Text => Kind::Text,
-            OpCode::Binary => Kind::Binary,
-            OpCode::Continuation => Kind::Continuation,
+            Op::Pong => continue,
+            Op::Text => Kind::Text,
+            Op::Binary => Kind::Binary,
+            Op::Continuation => Kind::Continuation,
         };
-        let msg = match reassembler.push(kind, frame.fin, payload_bytes(frame.payload)) {
+        let msg = match reassembler.push(kind, frame.fin, frame.payload) {
             Ok(Some(msg)) => msg,
             Ok(None) => continue,
             Err(ReassembleError::TooBig) => {
@@ -436,7 +461,9 @@ async fn read_messages<R: AsyncRead + Unpin>(
             Handler::Phoenix(s) => s,
             Handler::Raw(raw) => {
                 if !outbox.is_closing() {
-                    raw.handle(msg.text, msg.data).await;
+                    // Boxed: an idle socket's task keeps only the await
+                    // point it is parked at, not the largest handler state.
+                    Box::pin(raw.handle(msg.text, msg.data)).await;
                 }
                 continue;
             }
@@ -446,7 +473,7 @@ async fn read_messages<R: AsyncRead + Unpin>(
                 if outbox.is_closing() {
                     continue;
                 }
-                session.handle(message).await;
+                Box::pin(session.handle(message)).await;
             }
             Err(e) => {
                 metrics::bad_input(e.reason());
@@ -462,17 +489,22 @@ async fn read_messages<R: AsyncRead + Unpin>(
     }
 }
 
-fn read_error(outbox: &Outbox, e: WebSocketError) -> End {
+fn read_error(outbox: &Outbox, e: ReadFail) -> End {
     match e {
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => End::Eof,
-        WebSocketError::FrameTooLarge => {
+        ReadFail::Eof => End::Eof,
+        ReadFail::Frame(e) => frame_error(outbox, e),
+    }
+}
+
+fn frame_error(outbox: &Outbox, e: frames::FrameError) -> End {
+    use frames::FrameError;
+    match e {
+        FrameError::TooBig(_) => {
             metrics::bad_input("too_big");
             outbox.close(close_code::TOO_BIG, "message too big");
             End::TooBig
         }
-        WebSocketError::InvalidUTF8 => {
+        FrameError::CloseReasonUtf8 => {
             metrics::bad_input("invalid_utf8");
             outbox.close(close_code::INVALID_PAYLOAD, "invalid UTF-8");
             End::BadInput

@@ -47,7 +47,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
     write_timeout: Duration,
     metrics: Metrics,
 ) -> WriterExit {
-    let mut headers: Vec<u8> = Vec::with_capacity(4096);
     let exit = loop {
         let batch = outbox.take();
         if batch.items.is_empty() && batch.close.is_none() {
@@ -63,8 +62,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
             continue;
         }
         // Frame everything: headers go into one scratch buffer, payloads stay
-        // where they are.
-        headers.clear();
+        // where they are. The buffer lives for one batch only, so an idle
+        // socket holds none (a header is at most 10 bytes).
+        let mut headers: Vec<u8> = Vec::with_capacity((batch.items.len() + 1) * 10);
         let mut plan: Vec<(usize, usize, &[u8], &[u8])> = Vec::with_capacity(batch.items.len() + 1);
         let close_payload = batch
             .close
@@ -120,7 +120,16 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 slices.push(IoSlice::new(b));
             }
         }
-        match write_all_vectored(&mut io, &mut slices, write_timeout, &metrics).await {
+        // Boxed (one allocation per batch): an idle writer's task then holds
+        // only its wait, not the timer of a write in progress.
+        match Box::pin(write_all_vectored(
+            &mut io,
+            &mut slices,
+            write_timeout,
+            &metrics,
+        ))
+        .await
+        {
             Ok(()) => {}
             Err(WriteFail::Io) => break WriterExit::WriteError,
             Err(WriteFail::Stalled) => {
@@ -135,21 +144,31 @@ pub async fn run<W: AsyncWrite + Unpin>(
         metrics.bytes_out_binary.increment(binary_bytes as u64);
         metrics.bytes_out_control.increment(control_bytes as u64);
         if batch.close.is_some() || batch.finished {
-            let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
-            // Half-close now (the server closes the TCP connection first, RFC
-            // 6455 §7.1.1): the client sees FIN right behind our close frame and
-            // hangs up, which ends the reader's drain at once. Then give the
-            // reader a moment to see that.
-            let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-            let _ = tokio::time::timeout(CLOSE_LINGER, reader_done.cancelled()).await;
+            Box::pin(finish(&mut io, &reader_done)).await;
             break WriterExit::Closed;
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    Box::pin(shut(&mut io)).await;
     // Nothing more will be written: refuse further pushes and wake any waiter.
     outbox.close(super::outbox::close_code::INTERNAL, "writer gone");
     reader_done.cancel();
     exit
+}
+
+/// After the close frame: flush, half-close, and give the reader a moment.
+async fn finish<W: AsyncWrite + Unpin>(io: &mut W, reader_done: &CancellationToken) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
+    // Half-close now (the server closes the TCP connection first, RFC 6455
+    // §7.1.1): the client sees FIN right behind our close frame and hangs up,
+    // which ends the reader's drain at once. Then give the reader a moment to
+    // see that.
+    shut(io).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, reader_done.cancelled()).await;
+}
+
+/// Shut the write half down, waiting at most a second.
+async fn shut<W: AsyncWrite + Unpin>(io: &mut W) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
 }
 
 enum WriteFail {
