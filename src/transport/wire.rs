@@ -22,6 +22,26 @@ pub const MAX_HEADER: usize = 10;
 
 /// Append the header of a final, unmasked frame of `len` payload bytes.
 pub fn put_header(out: &mut Vec<u8>, opcode: WsOpcode, len: usize) {
+    debug_assert_eq!(header_len(len), {
+        let mut v = Vec::new();
+        put_header_inner(&mut v, opcode, len);
+        v.len()
+    });
+    put_header_inner(out, opcode, len);
+}
+
+/// Bytes [`put_header`] writes for a payload of `len` bytes.
+pub fn header_len(len: usize) -> usize {
+    if len < 126 {
+        2
+    } else if len <= u16::MAX as usize {
+        4
+    } else {
+        10
+    }
+}
+
+fn put_header_inner(out: &mut Vec<u8>, opcode: WsOpcode, len: usize) {
     out.push(0x80 | opcode as u8);
     if len < 126 {
         out.push(len as u8);

@@ -11,8 +11,11 @@
 //!   down (FIN), and waits briefly for the reader to see the client hang up.
 //! * Returns when the connection is done; it cancels `done` so the reader stops.
 
+use std::cell::Cell;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -22,6 +25,15 @@ use super::outbox::{Item, Outbox};
 use super::wire::{self, WsOpcode};
 use crate::metrics::Metrics;
 use crate::protocol::Opcode;
+
+thread_local! {
+    /// Each worker thread's header scratch, lent to one batch at a time.
+    static HEADERS: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Largest header scratch a thread keeps between batches (a full batch of
+/// [`MAX_BATCH_FRAMES`](super::outbox::MAX_BATCH_FRAMES) 10-byte headers).
+const MAX_KEPT_HEADERS: usize = 4096;
 
 /// How long to wait for the client's close answer after sending ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -61,58 +73,57 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
             continue;
         }
-        // Frame everything: headers go into one scratch buffer, payloads stay
-        // where they are. The buffer lives for one batch only, so an idle
-        // socket holds none (a header is at most 10 bytes).
-        let mut headers: Vec<u8> = Vec::with_capacity((batch.items.len() + 1) * 10);
-        let mut plan: Vec<(usize, usize, &[u8], &[u8])> = Vec::with_capacity(batch.items.len() + 1);
+        // Frame everything: headers go into one scratch buffer (this thread's,
+        // reused: an idle socket holds none), payloads stay where they are.
+        let mut headers = HEADERS.with(Cell::take);
+        headers.clear();
         let close_payload = batch
             .close
             .as_ref()
             .map(|c| wire::close_payload(c.code, &c.reason));
         let (mut text, mut binary, mut control) = (0u64, 0u64, 0u64);
         let (mut text_bytes, mut binary_bytes, mut control_bytes) = (0usize, 0usize, 0usize);
+        let mut pieces = 0;
         for item in &batch.items {
+            let (op, a, b) = parts(item);
             let start = headers.len();
-            let (op, a, b): (WsOpcode, &[u8], &[u8]) = match item {
-                Item::Frame(f) => match f.opcode {
-                    Opcode::Text => {
-                        text += 1;
-                        (WsOpcode::Text, &f.head, &f.body)
-                    }
-                    Opcode::Binary => {
-                        binary += 1;
-                        (WsOpcode::Binary, &f.head, &f.body)
-                    }
-                },
-                Item::Pong(p) => {
-                    control += 1;
-                    (WsOpcode::Pong, p, &[])
-                }
-                Item::CloseEcho(p) => {
-                    control += 1;
-                    (WsOpcode::Close, p, &[])
-                }
-            };
             wire::put_header(&mut headers, op, a.len() + b.len());
             let size = headers.len() - start + a.len() + b.len();
             match op {
-                WsOpcode::Text => text_bytes += size,
-                WsOpcode::Binary => binary_bytes += size,
-                _ => control_bytes += size,
+                WsOpcode::Text => {
+                    text += 1;
+                    text_bytes += size;
+                }
+                WsOpcode::Binary => {
+                    binary += 1;
+                    binary_bytes += size;
+                }
+                _ => {
+                    control += 1;
+                    control_bytes += size;
+                }
             }
-            plan.push((start, headers.len(), a, b));
+            pieces += 1 + usize::from(!a.is_empty()) + usize::from(!b.is_empty());
         }
         if let Some(p) = &close_payload {
             control += 1;
             let start = headers.len();
             wire::put_header(&mut headers, WsOpcode::Close, p.len());
             control_bytes += headers.len() - start + p.len();
-            plan.push((start, headers.len(), p, &[]));
+            pieces += 2;
         }
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(plan.len() * 3);
-        for (hs, he, a, b) in &plan {
-            slices.push(IoSlice::new(&headers[*hs..*he]));
+        // Second pass: header, head, body of each frame, in order.
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(pieces);
+        let mut at = 0;
+        let frames = batch.items.iter().map(parts).chain(
+            close_payload
+                .as_deref()
+                .map(|p| (WsOpcode::Close, p, &[][..])),
+        );
+        for (_, a, b) in frames {
+            let end = at + wire::header_len(a.len() + b.len());
+            slices.push(IoSlice::new(&headers[at..end]));
+            at = end;
             if !a.is_empty() {
                 slices.push(IoSlice::new(a));
             }
@@ -120,16 +131,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 slices.push(IoSlice::new(b));
             }
         }
-        // Boxed (one allocation per batch): an idle writer's task then holds
-        // only its wait, not the timer of a write in progress.
-        match Box::pin(write_all_vectored(
-            &mut io,
-            &mut slices,
-            write_timeout,
-            &metrics,
-        ))
-        .await
-        {
+        let written = write_all_vectored(&mut io, &mut slices, write_timeout, &metrics).await;
+        drop(slices);
+        if headers.capacity() <= MAX_KEPT_HEADERS {
+            HEADERS.with(|h| h.set(headers));
+        }
+        match written {
             Ok(()) => {}
             Err(WriteFail::Io) => break WriterExit::WriteError,
             Err(WriteFail::Stalled) => {
@@ -176,7 +183,38 @@ enum WriteFail {
     Stalled,
 }
 
+/// Write every slice. The first attempt runs without a timer (a writable
+/// socket takes the whole batch: no allocation, no timer); what is left is
+/// written by the boxed, timed slow path, so an idle writer's task holds no
+/// timer state.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Result<(), WriteFail> {
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *io).poll_write_vectored(cx, slices) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(Ok(0)) | Some(Err(_)) => return Err(WriteFail::Io),
+        Some(Ok(n)) => {
+            metrics.writev.increment(1);
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        None => {}
+    }
+    if slices.is_empty() {
+        return Ok(());
+    }
+    Box::pin(write_rest(io, slices, timeout, metrics)).await
+}
+
+async fn write_rest<W: AsyncWrite + Unpin>(
     io: &mut W,
     mut slices: &mut [IoSlice<'_>],
     timeout: Duration,
@@ -192,6 +230,18 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
+}
+
+/// Opcode, head and body of a queued item.
+fn parts(item: &Item) -> (WsOpcode, &[u8], &[u8]) {
+    match item {
+        Item::Frame(f) => match f.opcode {
+            Opcode::Text => (WsOpcode::Text, &f.head, &f.body),
+            Opcode::Binary => (WsOpcode::Binary, &f.head, &f.body),
+        },
+        Item::Pong(p) => (WsOpcode::Pong, p, &[]),
+        Item::CloseEcho(p) => (WsOpcode::Close, p, &[]),
+    }
 }
 
 #[cfg(test)]
