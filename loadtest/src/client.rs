@@ -1,10 +1,24 @@
-//! The Phoenix V2 client every scenario uses: where to connect ([`Target`]),
-//! the WebSocket handshake over hyper's HTTP/1 client ([`connect`]), and one
-//! connection's two halves ([`Conn`]).
+//! The client every scenario uses: where to connect ([`Target`]), the
+//! WebSocket handshake over hyper's HTTP/1 client ([`connect_to`]), one
+//! connection's two halves ([`Conn`]), and the Phoenix V2 join and
+//! heartbeat on top.
+//!
+//! # Protocols
+//! * [`Protocol::Phoenix`]: the socket URL gets `vsn=2.0.0` and the token
+//!   in its query; connections join a topic and send heartbeats.
+//! * [`Protocol::Raw`], for peers that do not speak Phoenix: `--url` is a
+//!   base `ws://host:port` (its path is replaced), no token, no join, no
+//!   heartbeat. A raw peer implements exactly this ([`raw`]):
+//!   - `GET /echo`: every data message is echoed back unchanged, same opcode;
+//!   - `GET /sub`: a subscriber of the one topic; it only receives;
+//!   - `GET /pub`: every data message is published to all current `/sub`
+//!     subscribers (not back to the publisher), same opcode.
 //!
 //! # Contract
-//! * One TCP connection per [`Conn`], `TCP_NODELAY` set, split into a read
-//!   half and a write half that may live in different futures.
+//! * One TCP connection per [`Conn`], `TCP_NODELAY` set, bound to the
+//!   connection's source address if `--source-addrs` was given (connection
+//!   `i` uses address `i mod n`, port 0), split into a read half and a
+//!   write half that may live in different futures.
 //! * [`recv`] is **not cancel-safe** (fastwebsockets' `read_frame` is not):
 //!   race it only against events after which the connection is never read
 //!   again (the end of the run).
@@ -12,8 +26,8 @@
 //!   with the write half; nothing is written behind the caller's back.
 //! * No scheme but `ws://` (TLS is not supported yet).
 
-use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocketError};
@@ -24,25 +38,58 @@ use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, Chain};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, DecodeError, Encoding, Kind};
+use crate::sources::SourceAddrs;
 use crate::stats::ErrorKind;
+
+/// Phoenix's heartbeat interval, so idle connections are not timed out.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// The wire protocol spoken to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Phoenix Channels V2 (vsn 2.0.0): token, joins, heartbeats.
+    #[default]
+    Phoenix,
+    /// Plain WebSocket messages on `/echo`, `/sub` and `/pub` (see [`raw`]).
+    Raw,
+}
+
+/// The raw-protocol contract (see the module docs).
+pub mod raw {
+    /// Every data message is echoed back unchanged, same opcode.
+    pub const ECHO: &str = "/echo";
+    /// A subscriber of the one topic; it only receives.
+    pub const SUB: &str = "/sub";
+    /// Every data message is published to every current subscriber.
+    pub const PUB: &str = "/pub";
+    /// The text message a raw publisher sends after its last message;
+    /// subscribers stop when they receive it.
+    pub const DONE: &[u8] = b"done";
+}
 
 /// The read half of a connection (fragments are reassembled).
 pub type Reader = FragmentCollectorRead<Chain<std::io::Cursor<Bytes>, OwnedReadHalf>>;
 /// The write half of a connection (client frames are masked).
 pub type Writer = WebSocketWrite<OwnedWriteHalf>;
 
-/// Where and how to connect: a resolved address and the request target.
+/// Where and how to connect: a resolved address, the request target and
+/// the local addresses to connect from.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The resolved server address.
     pub addr: SocketAddr,
     /// The `Host` header (the URL's authority).
     host: String,
-    /// Path and query, with `vsn=2.0.0` and the token appended.
+    /// Phoenix: path and query, with `vsn=2.0.0` and the token appended.
+    /// Raw: `/` (every connection names its own path).
     path_and_query: String,
+    /// Local addresses to bind to, in rotation; `None`: the kernel's choice.
+    sources: Option<SourceAddrs>,
 }
 
 /// Why a connection failed.
@@ -75,6 +122,14 @@ pub enum ConnError {
     /// The join was refused: the reply's status and response.
     #[error("join refused: {0}")]
     Join(String),
+    /// Binding to the source address failed.
+    #[error("bind to source address {addr}: {source}")]
+    Bind {
+        /// The source address.
+        addr: IpAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Connecting and joining took longer than the setup timeout.
     #[error("setup timed out")]
     Timeout,
@@ -97,6 +152,7 @@ impl ConnError {
             | ConnError::Request(_)
             | ConnError::Http(_)
             | ConnError::Status(_)
+            | ConnError::Bind { .. }
             | ConnError::Timeout => ErrorKind::Connect,
             ConnError::Channel(_) => ErrorKind::Closed,
             ConnError::Stalled(_) => ErrorKind::Stalled,
@@ -123,6 +179,14 @@ pub enum TargetError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A source address is of another family than the server's address.
+    #[error("source address {source_addr} cannot reach {server} (different address family)")]
+    SourceFamily {
+        /// The source address.
+        source_addr: IpAddr,
+        /// The server's address.
+        server: SocketAddr,
+    },
     /// The host name does not resolve.
     #[error("cannot resolve {host}: {source}")]
     Resolve {
@@ -139,6 +203,58 @@ impl Target {
     /// Parse `url` (`ws://host[:port]/path[?query]`), resolve its host once,
     /// and append `vsn=2.0.0` and, if given, `token=...` to the query.
     pub async fn resolve(url: &str, token: Option<&str>) -> Result<Target, TargetError> {
+        let (uri, mut target) = Target::parse(url).await?;
+        let mut path_and_query = uri.path().to_owned();
+        path_and_query.push('?');
+        if let Some(q) = uri.query().filter(|q| !q.is_empty()) {
+            path_and_query.push_str(q);
+            path_and_query.push('&');
+        }
+        path_and_query.push_str("vsn=2.0.0");
+        if let Some(token) = token {
+            path_and_query.push_str("&token=");
+            percent_encode(&mut path_and_query, token);
+        }
+        target.path_and_query = path_and_query;
+        Ok(target)
+    }
+
+    /// Parse a raw peer's base URL `ws://host[:port][/ignored]` and resolve
+    /// its host once; connections name their own path ([`raw`]).
+    pub async fn resolve_raw(url: &str) -> Result<Target, TargetError> {
+        Ok(Target::parse(url).await?.1)
+    }
+
+    /// Connect from `sources` in rotation. Every address must be of the
+    /// server address's family.
+    pub fn with_sources(mut self, sources: SourceAddrs) -> Result<Target, TargetError> {
+        let server = self.addr;
+        if let Some(&source_addr) = sources
+            .addrs()
+            .iter()
+            .find(|a| a.is_ipv4() != server.is_ipv4())
+        {
+            return Err(TargetError::SourceFamily {
+                source_addr,
+                server,
+            });
+        }
+        self.sources = Some(sources);
+        Ok(self)
+    }
+
+    /// The Phoenix socket path and query (`vsn` and token included).
+    pub fn phoenix_path(&self) -> &str {
+        &self.path_and_query
+    }
+
+    /// The source address of connection `index`, if addresses rotate.
+    pub fn source(&self, index: usize) -> Option<IpAddr> {
+        self.sources.as_ref().map(|s| s.pick(index))
+    }
+
+    /// Parse `ws://host[:port]...` and resolve the host; path `/`.
+    async fn parse(url: &str) -> Result<(http::Uri, Target), TargetError> {
         let bad = |why| TargetError::Url {
             url: url.to_owned(),
             why,
@@ -167,22 +283,16 @@ impl Target {
                 host: hostport.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
             })?;
-        let mut path_and_query = uri.path().to_owned();
-        path_and_query.push('?');
-        if let Some(q) = uri.query().filter(|q| !q.is_empty()) {
-            path_and_query.push_str(q);
-            path_and_query.push('&');
-        }
-        path_and_query.push_str("vsn=2.0.0");
-        if let Some(token) = token {
-            path_and_query.push_str("&token=");
-            percent_encode(&mut path_and_query, token);
-        }
-        Ok(Target {
-            addr,
-            host: authority.as_str().to_owned(),
-            path_and_query,
-        })
+        let host = authority.as_str().to_owned();
+        Ok((
+            uri,
+            Target {
+                addr,
+                host,
+                path_and_query: "/".to_owned(),
+                sources: None,
+            },
+        ))
     }
 }
 
@@ -223,19 +333,51 @@ pub struct Conn {
     pub writer: Writer,
 }
 
-/// Open a TCP connection to `target` and upgrade it to a WebSocket.
+/// Open connection 0 to the Phoenix socket of `target` (see [`connect_to`]).
+pub async fn connect(target: &Target) -> Result<Conn, ConnError> {
+    connect_to(target, target.phoenix_path(), 0).await
+}
+
+/// Open TCP connection `index` to `target` (from its source address, if
+/// addresses rotate), with `TCP_NODELAY`.
+pub async fn tcp(target: &Target, index: usize) -> Result<TcpStream, ConnError> {
+    let tcp = match target.source(index) {
+        None => TcpStream::connect(target.addr)
+            .await
+            .map_err(ConnError::Connect)?,
+        Some(ip) => {
+            let bind_err = |source| ConnError::Bind { addr: ip, source };
+            let socket = match ip {
+                IpAddr::V4(_) => TcpSocket::new_v4(),
+                IpAddr::V6(_) => TcpSocket::new_v6(),
+            }
+            .map_err(bind_err)?;
+            socket.bind(SocketAddr::new(ip, 0)).map_err(bind_err)?;
+            socket
+                .connect(target.addr)
+                .await
+                .map_err(ConnError::Connect)?
+        }
+    };
+    tcp.set_nodelay(true).map_err(ConnError::Connect)?;
+    Ok(tcp)
+}
+
+/// Open connection `index` to `target` and upgrade it to a WebSocket at
+/// `path_and_query` ([`Target::phoenix_path`], or a [`raw`] path).
 ///
 /// The HTTP/1 connection is driven in this future (nothing is spawned);
 /// cancelling it drops the socket.
-pub async fn connect(target: &Target) -> Result<Conn, ConnError> {
-    let tcp = TcpStream::connect(target.addr)
-        .await
-        .map_err(ConnError::Connect)?;
-    tcp.set_nodelay(true).map_err(ConnError::Connect)?;
+pub async fn connect_to(
+    target: &Target,
+    path_and_query: &str,
+    index: usize,
+) -> Result<Conn, ConnError> {
+    let tcp = tcp(target, index).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     let request = hyper::Request::builder()
         .method("GET")
-        .uri(target.path_and_query.as_str())
+        .uri(path_and_query)
         .header(HOST, target.host.as_str())
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")
@@ -274,8 +416,15 @@ pub async fn connect(target: &Target) -> Result<Conn, ConnError> {
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| ConnError::Upgrade)?;
     let (r, w) = parts.io.into_inner().into_split();
-    // Bytes the server sent right behind the 101 are read first.
-    let r = std::io::Cursor::new(parts.read_buf).chain(r);
+    // Bytes the server sent right behind the 101 are read first. Copied (or
+    // dropped when empty, as usual) so that hyper's read buffer is freed:
+    // it would otherwise be kept alive by the slice for the whole connection.
+    let early = if parts.read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&parts.read_buf)
+    };
+    let r = std::io::Cursor::new(early).chain(r);
     let (mut reader, writer): (WebSocketRead<_>, _) =
         fastwebsockets::after_handshake_split(r, w, Role::Client);
     // Pings and close frames come back to the caller, who owns the writer.
@@ -367,6 +516,30 @@ pub async fn close(writer: &mut Writer) {
     let _ = writer.write_frame(Frame::close(1000, b"")).await;
 }
 
+/// The write half of a reading connection: answer the pings the reader
+/// hands over, and (Phoenix) send a heartbeat every [`HEARTBEAT`], until
+/// `stop` fires or is dropped.
+pub async fn keepalive(
+    writer: &mut Writer,
+    mut pings: mpsc::Receiver<Vec<u8>>,
+    mut stop: oneshot::Receiver<()>,
+    heartbeats: bool,
+) -> Result<(), ConnError> {
+    let mut buf = Vec::with_capacity(64);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            Some(p) = pings.recv() => pong(writer, &p).await?,
+            _ = beat.tick(), if heartbeats => {
+                n += 1;
+                heartbeat(writer, &mut buf, &format!("hb{n}")).await?;
+            }
+        }
+    }
+}
+
 /// Send a Phoenix heartbeat (`[null, ref, "phoenix", "heartbeat", {}]`).
 pub async fn heartbeat(
     writer: &mut Writer,
@@ -454,7 +627,53 @@ mod tests {
         assert_eq!(t.path_and_query, "/s?x=1&vsn=2.0.0");
         for bad in ["http://h/", "wss://h/", "nonsense", "/path"] {
             assert!(Target::resolve(bad, None).await.is_err(), "{bad}");
+            assert!(Target::resolve_raw(bad).await.is_err(), "{bad}");
         }
+        let t = Target::resolve_raw("ws://127.0.0.1:4000/socket/websocket?x=1")
+            .await
+            .expect("resolves");
+        assert_eq!((t.addr.port(), t.phoenix_path()), (4000, "/"));
+        assert_eq!(t.source(3), None);
+        let sources = SourceAddrs::parse("127.0.0.2-127.0.0.3").expect("parses");
+        let t = t.with_sources(sources.clone()).expect("same family");
+        assert_eq!(t.source(3), Some("127.0.0.3".parse().expect("ip")));
+        let t6 = Target::resolve_raw("ws://[::1]:4000")
+            .await
+            .expect("resolves");
+        assert!(matches!(
+            t6.with_sources(sources),
+            Err(TargetError::SourceFamily { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn connections_come_from_the_rotated_source_addresses() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let url = format!("ws://{}", listener.local_addr().expect("addr"));
+        let target = Target::resolve_raw(&url)
+            .await
+            .expect("resolves")
+            .with_sources(SourceAddrs::parse("127.0.0.2-127.0.0.4").expect("parses"))
+            .expect("same family");
+        let mut seen = Vec::new();
+        for i in 0..6 {
+            let _stream = tcp(&target, i).await.expect("connects");
+            let (_, peer) = listener.accept().await.expect("accepts");
+            seen.push(peer.ip().to_string());
+        }
+        assert_eq!(
+            seen,
+            [
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.4",
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.4"
+            ]
+        );
     }
 
     #[test]

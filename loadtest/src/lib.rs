@@ -1,18 +1,24 @@
 //! sluice-load: a load generator for Sluice and other Phoenix Channels
 //! servers, speaking the vsn 2.0.0 wire protocol (JSON text frames and binary
-//! frames) over fastwebsockets.
+//! frames) over fastwebsockets — or, with `--protocol raw`, plain WebSocket
+//! messages to peers that implement the small `/echo` `/sub` `/pub`
+//! contract of [`client::raw`].
 //!
 //! # Layout
 //! * [`codec`]: sans-IO client codec: encode pushes, decode server frames.
 //! * [`client`]: URL and token, the WebSocket handshake over hyper, one
-//!   connection's read and write halves, join and heartbeat.
+//!   connection's read and write halves, join and heartbeat; the protocols.
+//! * [`sources`]: `--source-addrs`, local addresses connections rotate over.
 //! * [`harness`]: the run every scenario shares: one task per connection,
-//!   bounded setup, the warmup → measure → grace timeline, hard deadline.
+//!   bounded (and optionally ramped) setup, the warmup → measure → grace
+//!   timeline, hard deadline.
+//! * [`progress`]: live counters and the progress bar on stderr.
 //! * [`stats`]: per-connection counters, error kinds and latency histogram.
 //! * [`report`]: the [`Summary`], as JSON or as a table.
+//! * [`system`]: `/proc/PID/status` memory figures, the open-files limit.
 //! * [`scenarios`]: one module per scenario ([`scenarios::echo`],
-//!   [`scenarios::broadcast`], [`scenarios::download`], [`scenarios::upload`],
-//!   [`scenarios::prices`]).
+//!   [`scenarios::broadcast`], [`scenarios::connect`],
+//!   [`scenarios::download`], [`scenarios::upload`], [`scenarios::prices`]).
 //!
 //! # Embedding
 //! ```no_run
@@ -26,18 +32,25 @@
 
 pub mod client;
 pub mod codec;
+pub mod compare;
 pub mod harness;
+pub mod progress;
 pub mod report;
 pub mod scenarios;
+pub mod sources;
 pub mod stats;
+pub mod system;
 
 use std::time::Duration;
 
+pub use client::Protocol;
 pub use report::Summary;
+pub use scenarios::connect::{ConnectArgs, ConnectSummary};
 pub use scenarios::download::{DownloadArgs, TransferSummary};
 pub use scenarios::prices::{PricesArgs, PricesSummary};
 pub use scenarios::upload::UploadArgs;
 pub use scenarios::{broadcast::BroadcastArgs, echo::EchoArgs};
+pub use sources::SourceAddrs;
 
 use crate::client::{Target, TargetError};
 use crate::harness::SetupLimits;
@@ -51,6 +64,12 @@ pub enum Error {
     /// A parameter is out of range.
     #[error("invalid parameter: {0}")]
     Invalid(String),
+}
+
+impl From<system::SystemError> for Error {
+    fn from(e: system::SystemError) -> Error {
+        Error::Invalid(e.to_string())
+    }
 }
 
 /// The command line.
@@ -85,6 +104,8 @@ pub enum Scenario {
     Echo(EchoArgs),
     /// S subscribers joined to one room, one publisher pushing into it.
     Broadcast(BroadcastArgs),
+    /// C idle connections joined to one topic: setup rate and latency, server memory per connection.
+    Connect(ConnectArgs),
     /// C connections, each downloading --file over its own `files:` channel, verified.
     Download(DownloadArgs),
     /// C connections, each uploading --size bytes over its own `files:` channel, windowed.
@@ -96,7 +117,8 @@ pub enum Scenario {
 /// Options every scenario takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// Socket URL; `vsn=2.0.0` and the token are appended to its query.
+    /// Phoenix: the socket URL (`vsn=2.0.0` and the token are appended to
+    /// its query). Raw: the base `ws://host:port` (the path is replaced).
     #[arg(
         long,
         global = true,
@@ -115,7 +137,7 @@ pub struct Common {
     /// User id of a minted token.
     #[arg(long, global = true, default_value_t = 1)]
     pub user: i64,
-    /// Connections (echo) or subscribers (broadcast).
+    /// Connections (echo, connect, download, upload, prices) or subscribers (broadcast).
     #[arg(long, short = 'c', global = true, default_value_t = 1)]
     pub connections: usize,
     /// How long to measure, after the warmup (e.g. 10s, 500ms, 1m).
@@ -133,10 +155,23 @@ pub struct Common {
     /// Most handshakes in progress at once.
     #[arg(long, global = true, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Wire protocol: `phoenix`, or `raw` for peers implementing only the
+    /// /echo /sub /pub contract (echo, broadcast and connect only).
+    #[arg(long, global = true, value_enum, default_value_t = Protocol::Phoenix)]
+    pub protocol: Protocol,
+    /// Local addresses to connect from, in rotation (connection i binds
+    /// addr[i mod n]): comma-separated IPs and last-octet ranges such as
+    /// 127.0.0.1-127.0.0.20 (at most 256 per range).
+    #[arg(long, global = true, value_parser = SourceAddrs::parse)]
+    pub source_addrs: Option<SourceAddrs>,
+    /// No progress bar on stderr (it is also hidden when stderr is not a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
 }
 
 impl Common {
-    /// The options with their defaults, for `url` (tests and embedding).
+    /// The options with their defaults, for `url` (tests and embedding),
+    /// except that the progress bar is off.
     pub fn with_url(url: &str) -> Common {
         Common {
             url: url.to_owned(),
@@ -150,6 +185,9 @@ impl Common {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             connect_concurrency: 64,
+            protocol: Protocol::Phoenix,
+            source_addrs: None,
+            no_progress: true,
         }
     }
 
@@ -180,16 +218,40 @@ impl Common {
         }
     }
 
-    /// Resolve the URL once for every connection.
+    /// Prepare the connections of a run: raise the open-files limit and
+    /// check that `--connections` fit under it ([`system::ensure_fds`]),
+    /// then resolve the URL once (per `--protocol`) and attach the source
+    /// addresses.
     pub async fn target(&self) -> Result<Target, Error> {
-        Ok(Target::resolve(&self.url, self.token().as_deref()).await?)
+        system::ensure_fds(self.connections as u64)?;
+        let target = match self.protocol {
+            Protocol::Phoenix => Target::resolve(&self.url, self.token().as_deref()).await?,
+            Protocol::Raw => Target::resolve_raw(&self.url).await?,
+        };
+        Ok(match &self.source_addrs {
+            Some(sources) => target.with_sources(sources.clone())?,
+            None => target,
+        })
     }
 
-    /// Setup limits for the [`harness`].
+    /// `Err(Invalid)` unless the protocol is Phoenix: `scenario` needs
+    /// channels the raw contract does not have.
+    pub fn require_phoenix(&self, scenario: &str) -> Result<(), Error> {
+        match self.protocol {
+            Protocol::Phoenix => Ok(()),
+            Protocol::Raw => Err(Error::Invalid(format!(
+                "the {scenario} scenario needs --protocol phoenix (raw peers only have /echo, /sub and /pub: use echo, broadcast or connect)"
+            ))),
+        }
+    }
+
+    /// Setup limits for the [`harness`] (no ramp).
     pub fn setup_limits(&self) -> SetupLimits {
         SetupLimits {
             concurrency: self.connect_concurrency,
             timeout: self.connect_timeout,
+            rate: 0,
+            progress: !self.no_progress,
         }
     }
 }
@@ -202,6 +264,7 @@ pub async fn run(common: &Common, scenario: &Scenario) -> Result<Summary, Error>
     match scenario {
         Scenario::Echo(args) => scenarios::echo::run(common, args).await,
         Scenario::Broadcast(args) => scenarios::broadcast::run(common, args).await,
+        Scenario::Connect(args) => scenarios::connect::run(common, args).await,
         Scenario::Download(args) => scenarios::download::run(common, args).await,
         Scenario::Upload(args) => scenarios::upload::run(common, args).await,
         Scenario::Prices(args) => scenarios::prices::run(common, args).await,
@@ -253,5 +316,76 @@ mod tests {
             "echo"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn cli_parses_connect_raw_and_sources() {
+        let cli = Cli::try_parse_from([
+            "sluice-load",
+            "--protocol",
+            "raw",
+            "connect",
+            "-c",
+            "100",
+            "--rate",
+            "500",
+            "--server-pid",
+            "42",
+            "--source-addrs",
+            "127.0.0.1-127.0.0.3,127.0.0.9",
+            "--no-progress",
+        ])
+        .expect("parses");
+        assert_eq!(cli.common.protocol, Protocol::Raw);
+        assert!(cli.common.no_progress);
+        assert_eq!(
+            cli.common.source_addrs.as_ref().map(SourceAddrs::len),
+            Some(4)
+        );
+        let Scenario::Connect(c) = &cli.scenario else {
+            panic!("connect")
+        };
+        assert_eq!((c.rate, c.server_pid), (500, Some(42)));
+        assert_eq!(
+            (c.topic.as_str(), c.settle),
+            ("room:idle", Duration::from_secs(2))
+        );
+
+        let cli = Cli::try_parse_from(["sluice-load", "connect"]).expect("parses");
+        assert_eq!(cli.common.protocol, Protocol::Phoenix);
+        assert!(!cli.common.no_progress);
+        let Scenario::Connect(c) = &cli.scenario else {
+            panic!("connect")
+        };
+        assert_eq!((c.rate, c.server_pid), (0, None));
+
+        for bad in ["127.0.0.9-127.0.0.1", "nope", ""] {
+            assert!(
+                Cli::try_parse_from(["sluice-load", "--source-addrs", bad, "echo"]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["sluice-load", "--protocol", "mqtt", "echo"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn raw_mode_refuses_phoenix_only_scenarios() {
+        let mut common = Common::with_url("ws://127.0.0.1:9");
+        common.protocol = Protocol::Raw;
+        for scenario in [
+            Scenario::Download(DownloadArgs::new("f")),
+            Scenario::Upload(UploadArgs::new(10)),
+            Scenario::Prices(PricesArgs::default()),
+        ] {
+            match run(&common, &scenario).await {
+                Err(Error::Invalid(why)) => assert!(why.contains("--protocol phoenix"), "{why}"),
+                other => panic!("{scenario:?}: {:?}", other.map(|s| s.to_json())),
+            }
+        }
+        common.connections = usize::MAX / 2;
+        match run(&common, &Scenario::Echo(EchoArgs::default())).await {
+            Err(Error::Invalid(why)) => assert!(why.contains("open files"), "{why}"),
+            other => panic!("{:?}", other.map(|s| s.to_json())),
+        }
     }
 }

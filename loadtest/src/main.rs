@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice_load::scenarios::{download, prices, upload};
+use sluice_load::scenarios::{connect, download, prices, upload};
 use sluice_load::{Cli, Error, Scenario};
 
 /// What a run printed: JSON or a table, and how many errors it counted.
@@ -18,11 +18,19 @@ struct Printed {
 }
 
 /// Run the scenario; the files scenarios print their `transfer` figures too,
-/// and `prices` its `prices` figures.
+/// `prices` its `prices` figures and `connect` its `connect` figures.
 async fn run(cli: &Cli) -> Result<Printed, Error> {
     let transfer = match &cli.scenario {
         Scenario::Download(args) => download::run_transfer(&cli.common, args).await?,
         Scenario::Upload(args) => upload::run_transfer(&cli.common, args).await?,
+        Scenario::Connect(args) => {
+            let c = connect::run_connect(&cli.common, args).await?;
+            return Ok(Printed {
+                json: c.to_json(),
+                table: c.to_table(),
+                errors: c.summary.errors,
+            });
+        }
         Scenario::Prices(args) => {
             let p = prices::run_prices(&cli.common, args).await?;
             return Ok(Printed {

@@ -3,7 +3,8 @@
 //!
 //! # JSON shape
 //! ```json
-//! {"scenario":"echo","params":{...},"connections":{"requested":2,"established":2},
+//! {"scenario":"echo","params":{"url":"…","protocol":"phoenix",...},
+//!  "connections":{"requested":2,"established":2},
 //!  "sent":100,"received":100,"expected":null,"errors":0,"timeouts":0,"error_kinds":{},
 //!  "first_error":null,
 //!  "duration_s":1.0,"rate":100.0,"rate_unit":"msgs/s","publish_rate":null,
@@ -11,21 +12,34 @@
 //! ```
 //! `latency_us` is `null` when nothing was measured. Latencies are whole
 //! microseconds; percentiles come from an HDR histogram with 3 significant digits.
+//!
+//! # Contract
+//! Every scenario's JSON has every field above (`null` where it does not
+//! apply, never missing), errors and timeouts counted explicitly, and
+//! latency percentiles p50, p90, p99, p99.9 (`p999`) and max; scenarios add
+//! one object of their own (`transfer`, `prices`, `connect`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::client::Protocol;
 use crate::codec::Encoding;
 use crate::harness::Setup;
 use crate::stats::{ErrorKind, Stats};
+use crate::Common;
 
 /// The parameters a run was made with (no secrets: the token is never echoed).
 #[derive(Debug, Clone, Serialize)]
 pub struct Params {
     /// The URL as given (without the appended `vsn` and token).
     pub url: String,
+    /// `phoenix` or `raw`.
+    pub protocol: Protocol,
+    /// How many source addresses connections rotate over (`--source-addrs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_addrs: Option<usize>,
     /// Connections requested (echo) or subscribers (broadcast).
     pub connections: usize,
     /// Measured duration requested, seconds.
@@ -41,15 +55,38 @@ pub struct Params {
     /// Echo: requests each connection keeps in flight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<usize>,
-    /// Broadcast: the publisher's target rate (msgs/s, 0 = flat out).
+    /// Broadcast: the publisher's target rate (msgs/s, 0 = flat out);
+    /// connect: the ramp rate (connections/s, 0 = as fast as allowed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
     /// Broadcast, flat out: how far the publisher may run ahead of subscribers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lag: Option<u64>,
-    /// Broadcast: the room's topic.
+    /// Broadcast, connect: the topic (raw mode: the path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+}
+
+impl Params {
+    /// The common options of `common`, with `payload_bytes` of `encoding`;
+    /// the scenario-specific fields are unset.
+    pub fn new(common: &Common, payload_bytes: usize, encoding: Encoding) -> Params {
+        Params {
+            url: common.url.clone(),
+            protocol: common.protocol,
+            source_addrs: common.source_addrs.as_ref().map(|s| s.len()),
+            connections: common.connections,
+            duration_s: common.duration.as_secs_f64(),
+            warmup_s: common.warmup.as_secs_f64(),
+            timeout_s: common.timeout.as_secs_f64(),
+            payload_bytes,
+            encoding,
+            window: None,
+            rate: None,
+            max_lag: None,
+            topic: None,
+        }
+    }
 }
 
 /// How many connections were asked for and how many got through setup.
@@ -120,19 +157,23 @@ pub struct Summary {
 impl Latency {
     /// Percentiles of `stats`' histogram; `None` if it is empty.
     pub fn of(stats: &Stats) -> Option<Latency> {
-        let h = stats.latency();
+        let h = stats.latency()?;
         if h.is_empty() {
             return None;
         }
+        // A percentile is its bucket's highest equivalent value, which may
+        // be above the exact maximum: clamp, so that p50 <= … <= max.
+        let max = stats.max_us();
+        let at = |q| h.value_at_quantile(q).min(max);
         Some(Latency {
             count: h.len(),
-            min: h.min(),
+            min: h.min().min(max),
             mean: (h.mean() * 10.0).round() / 10.0,
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: stats.max_us(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max,
         })
     }
 }
@@ -188,18 +229,32 @@ impl Summary {
             out.push_str(&s);
             out.push('\n');
         };
-        let mut what = format!(
-            "{} B {}",
-            p.payload_bytes,
-            match p.encoding {
-                Encoding::Json => "JSON",
-                Encoding::Binary => "binary",
-            }
-        );
+        let mut what = if self.scenario == "connect" {
+            format!("idle on {}", p.topic.as_deref().unwrap_or("?"))
+        } else {
+            format!(
+                "{} B {}",
+                p.payload_bytes,
+                match p.encoding {
+                    Encoding::Json => "JSON",
+                    Encoding::Binary => "binary",
+                }
+            )
+        };
+        if p.protocol == Protocol::Raw {
+            what.push_str(", raw protocol");
+        }
+        if let Some(n) = p.source_addrs {
+            let _ = write!(what, ", from {n} source addresses");
+        }
         if let Some(w) = p.window {
             let _ = write!(what, ", window {w}");
         }
         match p.rate {
+            Some(0) if self.scenario == "connect" => what.push_str(", unpaced ramp"),
+            Some(r) if self.scenario == "connect" => {
+                let _ = write!(what, ", ramp {r} connections/s");
+            }
             Some(0) => {
                 let _ = write!(what, ", flat out (max lag {})", p.max_lag.unwrap_or(0));
             }
@@ -209,13 +264,18 @@ impl Summary {
             None => {}
         }
         line(format!(
-            "sluice-load {}: {} · {} connections ({} established) · {} after {} warmup",
+            "sluice-load {}: {} · {} connections ({} established) · {} after {} {}",
             self.scenario,
             what,
             self.connections.requested,
             self.connections.established,
             secs(p.duration_s),
             secs(p.warmup_s),
+            if self.scenario == "connect" {
+                "settle"
+            } else {
+                "warmup"
+            },
         ));
         line(format!("  {:<12}{}", "sent", self.sent));
         match self.expected {
@@ -281,6 +341,8 @@ mod tests {
     fn params() -> Params {
         Params {
             url: "ws://x/socket/websocket".into(),
+            protocol: Protocol::Phoenix,
+            source_addrs: None,
             connections: 2,
             duration_s: 1.0,
             warmup_s: 0.5,
@@ -311,6 +373,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).expect("valid JSON");
         assert_eq!(v["scenario"], "echo");
         assert_eq!(v["params"]["encoding"], "json");
+        assert_eq!(v["params"]["protocol"], "phoenix");
+        assert!(v["params"].get("source_addrs").is_none());
         assert_eq!(v["params"]["window"], 1);
         assert!(v["params"].get("rate").is_none());
         assert_eq!(v["received"], 10);
@@ -324,6 +388,15 @@ mod tests {
         let table = s.to_table();
         assert!(table.contains("p99.9"), "{table}");
         assert!(table.contains("errors      1 (closed 1)"), "{table}");
+
+        // The top bucket's highest equivalent (30 015) is above the exact max.
+        let mut wide = Stats::new();
+        wide.record(Duration::from_micros(30_000));
+        let l = Latency::of(&wide).expect("one sample");
+        assert_eq!(
+            (l.min, l.p50, l.p999, l.max),
+            (30_000, 30_000, 30_000, 30_000)
+        );
 
         let empty = Summary::new("echo", params(), setup, &Stats::new(), 0.0, "msgs/s");
         let v: serde_json::Value = serde_json::from_str(&empty.to_json()).expect("valid JSON");

@@ -1,10 +1,21 @@
 //! What one connection counts: messages, errors by kind, timeouts and a
 //! latency histogram. Each connection task owns its [`Stats`]; the scenario
 //! merges them when the tasks end (no shared counters on the hot path).
+//!
+//! # Contract
+//! * The histogram is allocated on the first [`Stats::record`] (about
+//!   140 KiB at these bounds), so a connection that records nothing (a
+//!   failed setup, an idle `connect` socket) costs a few hundred bytes.
+//! * A [`Stats`] made with [`Stats::with_live`] also bumps the run's live
+//!   error counter ([`crate::progress::Live`]) on every error, for the
+//!   progress bar only; merged totals never do.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use crate::progress::Live;
 
 /// Highest latency the histogram tracks exactly (µs); larger values are
 /// clamped into the top bucket but still reach [`Stats::max_us`].
@@ -81,12 +92,15 @@ pub struct Stats {
     pub timeouts: u64,
     /// Errors by kind ([`ErrorKind::ALL`] order).
     errors: [u64; ErrorKind::ALL.len()],
-    /// Round-trip or end-to-end latencies in microseconds.
-    latency: Histogram<u64>,
+    /// Round-trip or end-to-end latencies in microseconds; allocated on
+    /// the first sample.
+    latency: Option<Histogram<u64>>,
     /// The largest latency seen, unclamped (µs).
     max_us: u64,
     /// The first error's message, to tell people what went wrong.
     first_error: Option<String>,
+    /// The run's live counters, bumped on every error (progress bar only).
+    live: Option<Arc<Live>>,
 }
 
 impl Default for Stats {
@@ -103,11 +117,25 @@ impl Stats {
             received: 0,
             timeouts: 0,
             errors: [0; ErrorKind::ALL.len()],
-            latency: Histogram::new_with_bounds(1, HIGHEST_US, SIGFIG)
-                .expect("constant histogram bounds are valid"),
+            latency: None,
             max_us: 0,
             first_error: None,
+            live: None,
         }
+    }
+
+    /// Empty stats whose errors also show on the run's progress bar.
+    pub fn with_live(live: Arc<Live>) -> Stats {
+        Stats {
+            live: Some(live),
+            ..Stats::new()
+        }
+    }
+
+    /// An empty histogram with the bounds every [`Stats`] uses.
+    fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, HIGHEST_US, SIGFIG)
+            .expect("constant histogram bounds are valid")
     }
 
     /// Stats of a connection that failed once and did nothing else.
@@ -120,6 +148,9 @@ impl Stats {
     /// Count one error; the first one's `message` is kept.
     pub fn error(&mut self, kind: ErrorKind, message: impl std::fmt::Display) {
         self.errors[kind.index()] += 1;
+        if let Some(live) = &self.live {
+            live.error();
+        }
         if self.first_error.is_none() {
             self.first_error = Some(format!("{}: {message}", kind.label()));
         }
@@ -133,7 +164,9 @@ impl Stats {
     /// Record one latency sample.
     pub fn record(&mut self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency.saturating_record(us);
+        self.latency
+            .get_or_insert_with(Stats::histogram)
+            .saturating_record(us);
         self.max_us = self.max_us.max(us);
     }
 
@@ -147,9 +180,9 @@ impl Stats {
         self.errors.iter().sum()
     }
 
-    /// The latency histogram (µs).
-    pub fn latency(&self) -> &Histogram<u64> {
-        &self.latency
+    /// The latency histogram (µs); `None` until something was recorded.
+    pub fn latency(&self) -> Option<&Histogram<u64>> {
+        self.latency.as_ref()
     }
 
     /// The largest latency recorded, unclamped (µs).
@@ -165,9 +198,14 @@ impl Stats {
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
         }
-        // Same bounds on both sides: adding cannot fail.
-        let added = self.latency.add(&other.latency);
-        debug_assert!(added.is_ok());
+        if let Some(theirs) = &other.latency {
+            // Same bounds on both sides: adding cannot fail.
+            let added = self
+                .latency
+                .get_or_insert_with(Stats::histogram)
+                .add(theirs);
+            debug_assert!(added.is_ok());
+        }
         self.max_us = self.max_us.max(other.max_us);
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
@@ -194,12 +232,33 @@ mod tests {
         assert_eq!(a.errors(), 2);
         assert_eq!(a.errors_of(ErrorKind::Connect), 1);
         assert_eq!(a.first_error(), Some("reply: status error"));
-        assert_eq!(a.latency().len(), 2);
+        let h = a.latency().expect("recorded");
+        assert_eq!(h.len(), 2);
         // Clamped in the histogram, exact in max.
         assert_eq!(a.max_us(), 120_000_000);
-        assert!(a.latency().max() <= 2 * HIGHEST_US);
+        assert!(h.max() <= 2 * HIGHEST_US);
         for kind in ErrorKind::ALL {
             assert_eq!(ErrorKind::ALL[kind.index()], kind);
         }
+    }
+
+    #[test]
+    fn histogram_is_lazy_and_live_errors_are_counted() {
+        let live = Arc::new(Live::default());
+        let mut s = Stats::with_live(live.clone());
+        assert!(s.latency().is_none(), "nothing recorded, nothing allocated");
+        s.error(ErrorKind::Closed, "bye");
+        s.error(ErrorKind::Io, "reset");
+        assert_eq!(live.snapshot().errors, 2);
+        let mut total = Stats::new();
+        total.merge(&s);
+        assert!(total.latency().is_none());
+        assert_eq!(total.errors(), 2);
+        // Merged totals do not count again.
+        total.error(ErrorKind::Internal, "cut");
+        assert_eq!(live.snapshot().errors, 2);
+        s.record(Duration::from_micros(7));
+        total.merge(&s);
+        assert_eq!(total.latency().map(|h| h.len()), Some(1));
     }
 }

@@ -1,10 +1,15 @@
-//! Runs the scenarios through the library API against the real Sluice
-//! server, in process on 127.0.0.1:0.
+//! Runs every scenario through the library API against the real Sluice
+//! server, in process on 127.0.0.1:0, and the raw-protocol scenarios
+//! against a tiny raw peer ([`RawPeer`]); [`check_complete`] asserts that
+//! each one's JSON output is complete and error-free.
+//!
+//! The `connect` test measures this process's memory, so it runs alone:
+//! it takes [`EXCLUSIVE`] for writing, every other test for reading.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,10 +17,13 @@ use sluice::channel::{Channel, ChannelError, ChannelHandle, ChannelKind, Outcome
 use sluice::config::Config;
 use sluice::protocol::{Payload, Topic};
 use sluice::router::RouteSpec;
-use sluice_load::{BroadcastArgs, Common, EchoArgs, Scenario};
-use tokio::sync::oneshot;
+use sluice_load::{BroadcastArgs, Common, ConnectArgs, EchoArgs, Protocol, Scenario, SourceAddrs};
+use tokio::sync::{oneshot, RwLock};
 
 const SECRET: &str = "loadtest-smoke-secret-key-base-0123456789";
+
+/// Held for writing by the test that measures the process's memory.
+static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 
 struct Server {
     addr: SocketAddr,
@@ -91,23 +99,161 @@ fn common(addr: SocketAddr, connections: usize) -> Common {
     c
 }
 
-/// The JSON summary, with the checks every scenario must pass.
-fn check(summary: &sluice_load::Summary) -> Value {
-    let v: Value = serde_json::from_str(&summary.to_json()).expect("summary is JSON");
+/// The latency object `l` has every field, in order.
+fn check_latency(l: &Value, what: &str, v: &Value) {
+    for field in ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"] {
+        assert!(l[field].is_number(), "{what}.{field} in {v}");
+    }
+    assert!(l["count"].as_u64().unwrap() > 0, "{what} in {v}");
+    let order = ["min", "p50", "p90", "p99", "p999", "max"].map(|f| l[f].as_u64().unwrap());
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "{what} out of order in {v}"
+    );
+}
+
+/// The JSON output of a run of `scenario` (as `sluice-load --json` prints
+/// it) is complete and error-free: every common field present (`null` where
+/// it does not apply, never missing), zero errors and timeouts counted
+/// explicitly, latency p50/p90/p99/p99.9/max, and the scenario's own object.
+fn check_complete(v: &Value, scenario: &str) {
+    assert_eq!(v["scenario"], scenario, "{v}");
+    let obj = v.as_object().expect("one JSON object");
+    for key in [
+        "scenario",
+        "params",
+        "connections",
+        "sent",
+        "received",
+        "expected",
+        "errors",
+        "timeouts",
+        "error_kinds",
+        "first_error",
+        "duration_s",
+        "rate",
+        "rate_unit",
+        "publish_rate",
+        "latency_us",
+    ] {
+        assert!(obj.contains_key(key), "{key} missing in {v}");
+    }
+    let params = &v["params"];
+    for key in [
+        "url",
+        "connections",
+        "duration_s",
+        "warmup_s",
+        "timeout_s",
+        "payload_bytes",
+        "encoding",
+    ] {
+        assert!(!params[key].is_null(), "params.{key} missing in {v}");
+    }
+    assert!(
+        params["protocol"] == "phoenix" || params["protocol"] == "raw",
+        "params.protocol in {v}"
+    );
+    let requested = v["connections"]["requested"].as_u64().unwrap();
+    assert!(requested > 0, "{v}");
+    assert_eq!(v["connections"]["established"], requested, "{v}");
     assert_eq!(v["errors"], 0, "{v}");
     assert_eq!(v["timeouts"], 0, "{v}");
+    assert_eq!(v["error_kinds"], serde_json::json!({}), "{v}");
+    assert!(v["first_error"].is_null(), "{v}");
+    assert!(v["sent"].is_u64(), "{v}");
     assert!(v["received"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["duration_s"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["rate"].as_f64().unwrap() > 0.0, "{v}");
-    let latency = &v["latency_us"];
-    for field in ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"] {
-        assert!(latency[field].is_number(), "latency_us.{field} in {v}");
+    assert!(v["rate_unit"].is_string(), "{v}");
+    check_latency(&v["latency_us"], "latency_us", v);
+    match scenario {
+        "echo" => assert_eq!(params["window"].as_u64().map(|w| w > 0), Some(true), "{v}"),
+        "broadcast" => {
+            assert_eq!(v["received"], v["expected"], "{v}");
+            assert!(v["publish_rate"].as_f64().unwrap() > 0.0, "{v}");
+            assert!(
+                params["rate"].is_u64() && params["topic"].is_string(),
+                "{v}"
+            );
+        }
+        "download" | "upload" => {
+            let t = &v["transfer"];
+            for key in [
+                "file",
+                "size_bytes",
+                "chunk_bytes",
+                "repeat",
+                "verified",
+                "completed",
+                "bytes",
+                "seconds",
+                "mb_per_s",
+            ] {
+                assert!(!t[key].is_null(), "transfer.{key} missing in {v}");
+            }
+            for key in ["min", "p10", "p50", "p90", "max"] {
+                assert!(t["per_transfer_mb_s"][key].is_number(), "{v}");
+            }
+            assert_eq!(t["digest_mismatches"], 0, "{v}");
+            assert!(t["cut_at_end"].is_u64(), "{v}");
+            assert!(t["mb_per_s"].as_f64().unwrap() > 0.0, "{v}");
+            if scenario == "upload" {
+                assert!(t["window_bytes"].is_u64(), "{v}");
+                assert!(t["acks_out_of_order"].is_u64(), "{v}");
+            }
+        }
+        "prices" => {
+            let p = &v["prices"];
+            for key in [
+                "assets",
+                "all_assets",
+                "joined",
+                "new_pushes",
+                "status_pushes",
+                "latency",
+            ] {
+                assert!(!p[key].is_null(), "prices.{key} missing in {v}");
+            }
+            assert!(p["joined"].as_u64().unwrap() >= requested, "{v}");
+        }
+        "connect" => {
+            let c = &v["connect"];
+            for key in [
+                "topic",
+                "ramp_rate",
+                "ramp_s",
+                "connections_per_s",
+                "settle_s",
+                "held_s",
+                "setup_timeouts",
+            ] {
+                assert!(!c[key].is_null(), "connect.{key} missing in {v}");
+            }
+            assert_eq!(c["setup_timeouts"], 0, "{v}");
+            assert_eq!(v["received"], requested, "established, in {v}");
+            check_latency(&c["connect_latency_us"], "connect.connect_latency_us", v);
+            if params["protocol"] == "phoenix" {
+                check_latency(&c["join_latency_us"], "connect.join_latency_us", v);
+            } else {
+                assert!(c["join_latency_us"].is_null(), "{v}");
+            }
+            assert!(c.as_object().unwrap().contains_key("server"), "{v}");
+        }
+        other => panic!("unknown scenario {other}"),
     }
-    assert!(latency["p50"].as_u64() <= latency["max"].as_u64(), "{v}");
+}
+
+/// The JSON summary of an echo or broadcast run, checked complete.
+fn check(summary: &sluice_load::Summary) -> Value {
+    let v: Value = serde_json::from_str(&summary.to_json()).expect("summary is JSON");
+    check_complete(&v, summary.scenario);
     v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_and_broadcast_against_sluice() {
+    let _shared = EXCLUSIVE.read().await;
     let server = start().await;
 
     let started = std::time::Instant::now();
@@ -176,6 +322,7 @@ async fn echo_and_broadcast_against_sluice() {
 
 #[tokio::test]
 async fn refused_connections_are_errors_not_hangs() {
+    let _shared = EXCLUSIVE.read().await;
     let server = start().await;
     let mut c = common(server.addr, 2);
     c.secret_key_base = Some("a-different-secret-key-base-0123456789".into());
@@ -196,6 +343,7 @@ async fn refused_connections_are_errors_not_hangs() {
 
 #[tokio::test]
 async fn unanswered_pushes_are_timeouts_and_a_stall_error() {
+    let _shared = EXCLUSIVE.read().await;
     // Route the echo topics to a channel that never replies.
     let server = start_with(|c| {
         c.routes
@@ -264,19 +412,14 @@ async fn files_server(dir: &TempDir) -> Server {
 /// The common checks of a files summary; returns its JSON.
 fn check_transfer(t: &sluice_load::TransferSummary, scenario: &str) -> Value {
     let v: Value = serde_json::from_str(&t.to_json()).expect("summary is JSON");
-    assert_eq!(v["scenario"], scenario, "{v}");
-    assert_eq!(v["errors"], 0, "{v}");
-    assert_eq!(v["timeouts"], 0, "{v}");
-    assert_eq!(v["transfer"]["digest_mismatches"], 0, "{v}");
-    assert!(v["transfer"]["mb_per_s"].as_f64().unwrap() > 0.0, "{v}");
-    assert!(v["transfer"]["per_transfer_mb_s"]["p50"].is_number(), "{v}");
-    assert!(v["latency_us"]["p50"].is_number(), "{v}");
+    check_complete(&v, scenario);
     assert!(t.to_table().contains("MB/s"), "{}", t.to_table());
     v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_verifies_chunks_and_digest() {
+    let _shared = EXCLUSIVE.read().await;
     let dir = TempDir::new("download");
     let size: usize = 3 * 1024 * 1024 + 4321;
     let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
@@ -314,11 +457,11 @@ async fn download_verifies_chunks_and_digest() {
     c1.duration = Duration::from_millis(700);
     let mut args = sluice_load::DownloadArgs::new("big.bin");
     args.repeat = true;
-    let summary = sluice_load::run(&c1, &Scenario::Download(args))
+    let t = sluice_load::scenarios::download::run_transfer(&c1, &args)
         .await
         .expect("repeated download runs");
-    assert_eq!(summary.errors, 0, "{:?}", summary.first_error);
-    assert!(summary.received > 0, "{}", summary.to_json());
+    let v = check_transfer(&t, "download");
+    assert_eq!(v["transfer"]["repeat"], true, "{v}");
 
     // A missing file is a reply error, not a hang.
     let args = sluice_load::DownloadArgs::new("missing.bin");
@@ -347,6 +490,7 @@ async fn download_verifies_chunks_and_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_is_windowed_and_verified() {
+    let _shared = EXCLUSIVE.read().await;
     let dir = TempDir::new("upload");
     let server = files_server(&dir).await;
     let mut c = common(server.addr, 2);
@@ -391,6 +535,7 @@ async fn upload_is_windowed_and_verified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prices_counts_relayed_pushes_and_latency() {
+    let _shared = EXCLUSIVE.read().await;
     use sluice::relay::mock::{MockOptions, MockUpstream};
     use sluice_load::PricesArgs;
 
@@ -418,8 +563,7 @@ async fn prices_counts_relayed_pushes_and_latency() {
         .await
         .expect("prices runs");
     let v: Value = serde_json::from_str(&p.to_json()).expect("summary is JSON");
-    assert_eq!(v["scenario"], "prices", "{v}");
-    assert_eq!(v["errors"], 0, "{v}");
+    check_complete(&v, "prices");
     assert_eq!(v["connections"]["established"], 5, "{v}");
     assert_eq!(v["prices"]["joined"], 5, "{v}");
     assert!(v["received"].as_u64().unwrap() > 0, "{v}");
@@ -452,4 +596,299 @@ async fn prices_counts_relayed_pushes_and_latency() {
 
     server.stop().await;
     drop(mock);
+}
+
+// === connect (issue 5) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_holds_idle_connections_and_measures_memory() {
+    // Alone: the memory sampled is this whole process's.
+    let _alone = EXCLUSIVE.write().await;
+    let server = start().await;
+    let mut c = common(server.addr, 400);
+    c.duration = Duration::from_millis(500);
+    c.connect_concurrency = 32;
+    let args = ConnectArgs {
+        settle: Duration::from_millis(300),
+        // The server runs in this process.
+        server_pid: Some(std::process::id()),
+        ..ConnectArgs::default()
+    };
+    let started = std::time::Instant::now();
+    let s = sluice_load::scenarios::connect::run_connect(&c, &args)
+        .await
+        .expect("connect runs");
+    let v: Value = serde_json::from_str(&s.to_json()).expect("summary is JSON");
+    check_complete(&v, "connect");
+    assert_eq!(v["connections"]["established"], 400, "{v}");
+    assert_eq!(v["params"]["topic"], "room:idle", "{v}");
+    assert_eq!(v["connect"]["topic"], "room:idle", "{v}");
+    assert_eq!(v["connect"]["held_s"], 0.5, "{v}");
+    let server_mem = &v["connect"]["server"];
+    assert_eq!(server_mem["pid"], std::process::id(), "{v}");
+    for key in ["vm_rss_bytes", "rss_anon_bytes", "vm_hwm_bytes"] {
+        assert!(
+            server_mem["before"][key].as_u64().unwrap() > 0,
+            "{key} in {v}"
+        );
+        assert!(
+            server_mem["after"][key].as_u64().unwrap() > 0,
+            "{key} in {v}"
+        );
+        assert!(
+            server_mem["per_connection"][key].is_number(),
+            "{key} in {v}"
+        );
+    }
+    let per_conn = server_mem["per_connection"]["vm_rss_bytes"]
+        .as_f64()
+        .unwrap();
+    assert!(per_conn > 0.0, "RSS per connection in {v}");
+    assert!(
+        server_mem["per_connection"]["rss_anon_bytes"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{v}"
+    );
+    let table = s.to_table();
+    assert!(
+        table.contains("per conn") && table.contains("KiB"),
+        "{table}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "bounded in time"
+    );
+
+    // Paced: 40 connections at 200/s take about 0.2 s to ramp.
+    let mut c = common(server.addr, 40);
+    c.duration = Duration::from_millis(200);
+    let args = ConnectArgs {
+        rate: 200,
+        settle: Duration::ZERO,
+        ..ConnectArgs::default()
+    };
+    let s = sluice_load::scenarios::connect::run_connect(&c, &args)
+        .await
+        .expect("paced connect runs");
+    let v: Value = serde_json::from_str(&s.to_json()).expect("summary is JSON");
+    check_complete(&v, "connect");
+    let ramp = v["connect"]["ramp_s"].as_f64().unwrap();
+    assert!((0.19..2.0).contains(&ramp), "ramp paced at 200/s: {v}");
+    assert!(v["connect"]["server"].is_null(), "{v}");
+    server.stop().await;
+}
+
+// === source addresses ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_addresses_rotate_against_sluice() {
+    let _shared = EXCLUSIVE.read().await;
+    let server = start().await;
+    let mut c = common(server.addr, 3);
+    c.source_addrs = Some(SourceAddrs::parse("127.0.0.2-127.0.0.4").unwrap());
+    let summary = sluice_load::run(&c, &Scenario::Echo(EchoArgs::default()))
+        .await
+        .expect("echo runs");
+    let v = check(&summary);
+    assert_eq!(v["params"]["source_addrs"], 3, "{v}");
+    server.stop().await;
+}
+
+// === raw protocol ===
+
+type Subscribers = Arc<Mutex<Vec<tokio::sync::mpsc::Sender<(fastwebsockets::OpCode, Vec<u8>)>>>>;
+
+/// A raw-protocol peer implementing the /echo /sub /pub contract with
+/// fastwebsockets; it records the source address of every connection.
+struct RawPeer {
+    addr: SocketAddr,
+    peers: Arc<Mutex<Vec<IpAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawPeer {
+    async fn start() -> RawPeer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let subs = Subscribers::default();
+        let seen = peers.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                seen.lock().unwrap().push(peer.ip());
+                let subs = subs.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req| raw_serve(req, subs.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        RawPeer { addr, peers, task }
+    }
+
+    fn common(&self, connections: usize) -> Common {
+        let mut c = common(self.addr, connections);
+        c.url = format!("ws://{}", self.addr);
+        c.protocol = Protocol::Raw;
+        c.secret_key_base = None;
+        c
+    }
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn raw_serve(
+    mut req: hyper::Request<hyper::body::Incoming>,
+    subs: Subscribers,
+) -> Result<hyper::Response<http_body_util::Empty<bytes::Bytes>>, fastwebsockets::WebSocketError> {
+    use fastwebsockets::{Frame, OpCode, Payload};
+    let path = req.uri().path().to_owned();
+    let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req)?;
+    // Subscribed before the 101 goes out.
+    let mut sub = None;
+    if path == "/sub" {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        subs.lock().unwrap().push(tx);
+        sub = Some(rx);
+    }
+    tokio::spawn(async move {
+        let Ok(ws) = upgrade.await else { return };
+        let mut ws = fastwebsockets::FragmentCollector::new(ws);
+        match (path.as_str(), sub) {
+            ("/sub", Some(mut rx)) => {
+                while let Some((opcode, data)) = rx.recv().await {
+                    let frame = Frame::new(true, opcode, None, Payload::Owned(data));
+                    if ws.write_frame(frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            ("/echo" | "/pub", _) => loop {
+                let Ok(frame) = ws.read_frame().await else {
+                    return;
+                };
+                let (opcode, data) = match frame.opcode {
+                    OpCode::Text | OpCode::Binary => (frame.opcode, frame.payload.to_vec()),
+                    OpCode::Close => return,
+                    _ => continue,
+                };
+                if path == "/echo" {
+                    let frame = Frame::new(true, opcode, None, Payload::Owned(data));
+                    if ws.write_frame(frame).await.is_err() {
+                        return;
+                    }
+                } else {
+                    let targets = subs.lock().unwrap().clone();
+                    for tx in targets {
+                        let _ = tx.send((opcode, data.clone())).await;
+                    }
+                }
+            },
+            _ => {}
+        }
+    });
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_protocol_echo_broadcast_and_connect() {
+    let _shared = EXCLUSIVE.read().await;
+    let peer = RawPeer::start().await;
+
+    // Echo, from three rotated source addresses.
+    let mut c = peer.common(6);
+    c.source_addrs = Some(SourceAddrs::parse("127.0.0.2-127.0.0.4").unwrap());
+    let echo = Scenario::Echo(EchoArgs {
+        window: 4,
+        size: 64,
+        ..EchoArgs::default()
+    });
+    let summary = sluice_load::run(&c, &echo).await.expect("raw echo runs");
+    let v = check(&summary);
+    assert_eq!(v["params"]["protocol"], "raw", "{v}");
+    assert_eq!(v["params"]["encoding"], "binary", "{v}");
+    assert_eq!(v["params"]["source_addrs"], 3, "{v}");
+    assert_eq!(v["sent"], v["received"], "{v}");
+    let mut seen: Vec<String> = peer
+        .peers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "127.0.0.2",
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.0.4"
+        ],
+        "connection i binds addr[i mod 3]"
+    );
+
+    // Broadcast, paced: 200 msgs/s to 3 subscribers.
+    let broadcast = Scenario::Broadcast(BroadcastArgs {
+        rate: 200,
+        ..BroadcastArgs::default()
+    });
+    let summary = sluice_load::run(&peer.common(3), &broadcast)
+        .await
+        .expect("raw broadcast runs");
+    let v = check(&summary);
+    assert_eq!(v["connections"]["established"], 4, "{v}");
+    let sent = v["sent"].as_u64().unwrap();
+    assert!((190..=210).contains(&sent), "{v}");
+    assert_eq!(v["expected"].as_u64(), Some(sent * 3), "{v}");
+    assert_eq!(v["params"]["topic"], "/sub", "{v}");
+
+    // Flat out, bounded by --max-lag.
+    let started = std::time::Instant::now();
+    let flat_out = Scenario::Broadcast(BroadcastArgs {
+        rate: 0,
+        size: 100,
+        ..BroadcastArgs::default()
+    });
+    let summary = sluice_load::run(&peer.common(2), &flat_out)
+        .await
+        .expect("raw flat-out broadcast runs");
+    let v = check(&summary);
+    assert_eq!(v["params"]["max_lag"], 64, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "subscribers stop on `done`, not at the deadline"
+    );
+
+    // Connect: sockets on /sub, held idle.
+    let s = sluice_load::scenarios::connect::run_connect(&peer.common(20), &ConnectArgs::default())
+        .await
+        .expect("raw connect runs");
+    let v: Value = serde_json::from_str(&s.to_json()).expect("summary is JSON");
+    check_complete(&v, "connect");
+    assert_eq!(v["connect"]["topic"], "/sub", "{v}");
+
+    // The Phoenix-only scenarios refuse.
+    for scenario in [
+        Scenario::Download(sluice_load::DownloadArgs::new("f")),
+        Scenario::Upload(sluice_load::UploadArgs::new(1)),
+        Scenario::Prices(sluice_load::PricesArgs::default()),
+    ] {
+        assert!(matches!(
+            sluice_load::run(&peer.common(1), &scenario).await,
+            Err(sluice_load::Error::Invalid(_))
+        ));
+    }
 }

@@ -24,6 +24,15 @@
 //!   deadline (dropped, late, or to a subscriber that died).
 //! * After the end the publisher pushes a `done` event; a subscriber stops
 //!   when it sees it (or at the deadline).
+//!
+//! # Raw protocol
+//! Subscribers open `/sub`, the publisher `/pub` ([`client::raw`]); the
+//! messages are the binary stamps themselves (`t`, `s`, filler to `--size`,
+//! at least 16 bytes; `--binary` is implied), and `done` is the text
+//! message `done`. Pacing, flat out with `--max-lag`, and the counting are
+//! the same code as with Phoenix. Nothing comes back to a raw publisher, so
+//! it keeps its socket open after `done` until every subscriber has ended
+//! (or the deadline).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,9 +41,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::client::{self, Conn, ConnError, Reader, Writer};
+use crate::client::{self, raw, Conn, ConnError, Inbound, Protocol, Reader, Writer};
 use crate::codec::{self, Body, Encoding, Kind};
 use crate::harness::{self, Gate, Phases, Run};
+use crate::progress::Live;
 use crate::report::{per_second, Params, Summary};
 use crate::stats::{ErrorKind, Stats};
 use crate::{Common, Error};
@@ -47,8 +57,6 @@ const FIRST_REF: u64 = 2;
 const MSG: &str = "msg";
 /// The event the publisher pushes after the end.
 const DONE: &str = "done";
-/// Phoenix's heartbeat interval, so idle subscribers are not timed out.
-const HEARTBEAT: Duration = Duration::from_secs(30);
 /// How long closing a connection may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Bytes of a binary stamp (`t` and `s`, big-endian u64s).
@@ -63,7 +71,8 @@ pub struct BroadcastArgs {
     /// Payload size: bytes of a binary payload (at least 16), or length of the JSON `d` string.
     #[arg(long, short = 'p', default_value_t = 20)]
     pub size: usize,
-    /// Publish binary payloads (ArrayBuffer, kind-0 binary frames) instead of JSON.
+    /// Publish binary payloads (ArrayBuffer, kind-0 binary frames) instead
+    /// of JSON (always so with --protocol raw).
     #[arg(long)]
     pub binary: bool,
     /// With --rate 0: how many messages the publisher may run ahead of the average subscriber.
@@ -146,12 +155,16 @@ struct Shared {
     delivered: AtomicU64,
     /// Subscribers still reading.
     live: AtomicU64,
-    /// Signalled on every delivery and every subscriber end.
+    /// Signalled on every delivery and every subscriber end (the flat-out
+    /// publisher's only wake-up).
     progress: Notify,
+    /// Signalled on every subscriber end (a raw publisher waits for all).
+    gone: Notify,
 }
 
 /// What one connection needs.
 struct Cfg {
+    protocol: Protocol,
     topic: String,
     encoding: Encoding,
     size: usize,
@@ -175,7 +188,7 @@ struct Outcome {
 /// Run the scenario.
 pub async fn run(common: &Common, args: &BroadcastArgs) -> Result<Summary, Error> {
     let epoch = Instant::now();
-    let encoding = if args.binary {
+    let encoding = if args.binary || common.protocol == Protocol::Raw {
         Encoding::Binary
     } else {
         Encoding::Json
@@ -185,6 +198,7 @@ pub async fn run(common: &Common, args: &BroadcastArgs) -> Result<Summary, Error
     }
     let target = common.target().await?;
     let cfg = Arc::new(Cfg {
+        protocol: common.protocol,
         topic: args.topic.clone(),
         encoding,
         size: args.size,
@@ -195,6 +209,7 @@ pub async fn run(common: &Common, args: &BroadcastArgs) -> Result<Summary, Error
         delivered: AtomicU64::new(0),
         live: AtomicU64::new(common.connections as u64),
         progress: Notify::new(),
+        gone: Notify::new(),
     });
     let mut run = Run::<Outcome>::new(target, common.setup_limits(), epoch);
     for _ in 0..common.connections {
@@ -224,18 +239,18 @@ pub async fn run(common: &Common, args: &BroadcastArgs) -> Result<Summary, Error
     let expected = total.sent * subscribers;
     total.timeouts += expected.saturating_sub(total.received);
     let window = phases.window().as_secs_f64();
+    let payload_bytes = match encoding {
+        Encoding::Binary => args.size.max(STAMP_LEN),
+        Encoding::Json => args.size,
+    };
     let params = Params {
-        url: common.url.clone(),
-        connections: common.connections,
-        duration_s: common.duration.as_secs_f64(),
-        warmup_s: common.warmup.as_secs_f64(),
-        timeout_s: common.timeout.as_secs_f64(),
-        payload_bytes: args.size,
-        encoding,
-        window: None,
         rate: Some(args.rate),
         max_lag: (args.rate == 0).then_some(args.max_lag),
-        topic: Some(args.topic.clone()),
+        topic: Some(match common.protocol {
+            Protocol::Phoenix => args.topic.clone(),
+            Protocol::Raw => raw::SUB.to_owned(),
+        }),
+        ..Params::new(common, payload_bytes, encoding)
     };
     let mut summary = Summary::new("broadcast", params, setup, &total, window, "deliveries/s");
     summary.expected = Some(expected);
@@ -243,15 +258,21 @@ pub async fn run(common: &Common, args: &BroadcastArgs) -> Result<Summary, Error
     Ok(summary)
 }
 
-/// Connect and join; on failure report it and return the failed outcome.
-async fn open(gate: Gate, topic: &str, publisher: bool) -> Result<(Conn, Phases), Outcome> {
+/// Connect and join (raw: connect to `/pub` or `/sub`); on failure report
+/// it and return the failed outcome.
+async fn open(gate: Gate, cfg: &Cfg, publisher: bool) -> Result<(Conn, Phases), Outcome> {
     let mut buf = Vec::with_capacity(128);
     let failed = |stats| Outcome {
         publisher,
         established: false,
         stats,
     };
-    let mut conn = match gate.connect_and_join(&mut buf, topic, JOIN_REF).await {
+    let opened = match (cfg.protocol, publisher) {
+        (Protocol::Phoenix, _) => gate.connect_and_join(&mut buf, &cfg.topic, JOIN_REF).await,
+        (Protocol::Raw, true) => gate.connect_raw(raw::PUB).await,
+        (Protocol::Raw, false) => gate.connect_raw(raw::SUB).await,
+    };
+    let mut conn = match opened {
         Ok(conn) => conn,
         Err(e) => {
             let _ = gate.ready(false).await;
@@ -270,7 +291,8 @@ async fn open(gate: Gate, topic: &str, publisher: bool) -> Result<(Conn, Phases)
 // === subscriber ===
 
 async fn subscriber(gate: Gate, cfg: Arc<Cfg>, shared: Arc<Shared>) -> Outcome {
-    let (conn, phases) = match open(gate, &cfg.topic, false).await {
+    let live = gate.live();
+    let (conn, phases) = match open(gate, &cfg, false).await {
         Ok(x) => x,
         Err(outcome) => {
             leave(&shared, 0);
@@ -281,7 +303,7 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, shared: Arc<Shared>) -> Outcome {
         mut reader,
         mut writer,
     } = conn;
-    let mut stats = Stats::new();
+    let mut stats = Stats::with_live(live.clone());
     let mut delivered = 0;
     let (ping_tx, ping_rx) = mpsc::channel(4);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -291,9 +313,12 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, shared: Arc<Shared>) -> Outcome {
             deliveries(
                 &mut reader,
                 &ping_tx,
-                &cfg,
-                &phases,
-                &shared,
+                Ctx {
+                    cfg: &cfg,
+                    phases: &phases,
+                    shared: &shared,
+                    live: &live,
+                },
                 &mut stats,
                 &mut delivered,
             ),
@@ -302,7 +327,11 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, shared: Arc<Shared>) -> Outcome {
         let _ = stop_tx.send(());
         r
     };
-    let (read, write) = tokio::join!(read, keepalive(&mut writer, ping_rx, stop_rx));
+    let heartbeats = cfg.protocol == Protocol::Phoenix;
+    let (read, write) = tokio::join!(
+        read,
+        client::keepalive(&mut writer, ping_rx, stop_rx, heartbeats)
+    );
     match (read, write) {
         (Some(Err(e)), _) | (_, Err(e)) => stats.error(e.kind(), e),
         _ => {}
@@ -322,36 +351,59 @@ fn leave(shared: &Shared, delivered: u64) {
     shared.delivered.fetch_sub(delivered, Ordering::Relaxed);
     shared.live.fetch_sub(1, Ordering::Relaxed);
     shared.progress.notify_one();
+    shared.gone.notify_one();
+}
+
+/// What a subscriber's reader consults.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    cfg: &'a Cfg,
+    phases: &'a Phases,
+    shared: &'a Shared,
+    live: &'a Live,
+}
+
+/// What one inbound message is to a subscriber.
+enum Delivery {
+    /// A timestamped message (`None`: the stamp is unreadable).
+    Stamped(Option<Stamp>),
+    /// The publisher's `done`.
+    Done,
+    /// Anything else (already dealt with).
+    Other,
 }
 
 /// Read deliveries until the publisher's `done`. Not cancel-safe.
 async fn deliveries(
     reader: &mut Reader,
     pings: &mpsc::Sender<Vec<u8>>,
-    cfg: &Cfg,
-    phases: &Phases,
-    shared: &Shared,
+    ctx: Ctx<'_>,
     stats: &mut Stats,
     delivered: &mut u64,
 ) -> Result<(), ConnError> {
+    let Ctx {
+        cfg,
+        phases,
+        shared,
+        live,
+    } = ctx;
     let (from, end) = (phases.ns(phases.measure_from), phases.ns(phases.end));
     loop {
         let inbound = client::recv(reader).await?;
-        let Some(msg) = client::decode(&inbound, pings)? else {
-            continue;
-        };
-        if msg.topic != cfg.topic {
-            continue;
-        }
-        match (msg.kind, &*msg.event) {
-            (Kind::Broadcast, MSG) => {}
-            (Kind::Broadcast, DONE) => return Ok(()),
-            (Kind::Push, "phx_error") => return Err(ConnError::Channel("phx_error")),
-            (Kind::Push, "phx_close") => return Err(ConnError::Channel("phx_close")),
-            _ => continue,
-        }
         let now = phases.now_ns();
-        let Some(stamp) = Stamp::read(msg.payload) else {
+        let delivery = match cfg.protocol {
+            Protocol::Phoenix => phoenix_delivery(&inbound, pings, cfg)?,
+            Protocol::Raw => raw_delivery(&inbound, pings, stats)?,
+        };
+        let stamp = match delivery {
+            Delivery::Stamped(stamp) => stamp,
+            Delivery::Done => return Ok(()),
+            Delivery::Other => continue,
+        };
+        if let Inbound::Text(p) | Inbound::Binary(p) = &inbound {
+            live.message(p.len());
+        }
+        let Some(stamp) = stamp else {
             stats.error(ErrorKind::Decode, "broadcast without a timestamp");
             continue;
         };
@@ -367,32 +419,53 @@ async fn deliveries(
     }
 }
 
-/// The write half of a reading connection: answer pings, send heartbeats,
-/// until `stop`.
-async fn keepalive(
-    writer: &mut Writer,
-    mut pings: mpsc::Receiver<Vec<u8>>,
-    mut stop: oneshot::Receiver<()>,
-) -> Result<(), ConnError> {
-    let mut buf = Vec::with_capacity(64);
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-    let mut n = 0u64;
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            Some(p) = pings.recv() => client::pong(writer, &p).await?,
-            _ = beat.tick() => {
-                n += 1;
-                client::heartbeat(writer, &mut buf, &format!("hb{n}")).await?;
-            }
+/// Phoenix: a `msg` or `done` broadcast to our topic, or something else.
+fn phoenix_delivery(
+    inbound: &Inbound,
+    pings: &mpsc::Sender<Vec<u8>>,
+    cfg: &Cfg,
+) -> Result<Delivery, ConnError> {
+    let Some(msg) = client::decode(inbound, pings)? else {
+        return Ok(Delivery::Other);
+    };
+    if msg.topic != cfg.topic {
+        return Ok(Delivery::Other);
+    }
+    match (msg.kind, &*msg.event) {
+        (Kind::Broadcast, MSG) => Ok(Delivery::Stamped(Stamp::read(msg.payload))),
+        (Kind::Broadcast, DONE) => Ok(Delivery::Done),
+        (Kind::Push, "phx_error") => Err(ConnError::Channel("phx_error")),
+        (Kind::Push, "phx_close") => Err(ConnError::Channel("phx_close")),
+        _ => Ok(Delivery::Other),
+    }
+}
+
+/// Raw: a binary stamp, the text `done`, or a ping (handed to `pings`);
+/// any other text is a decode error, a close ends the connection.
+fn raw_delivery(
+    inbound: &Inbound,
+    pings: &mpsc::Sender<Vec<u8>>,
+    stats: &mut Stats,
+) -> Result<Delivery, ConnError> {
+    match inbound {
+        Inbound::Binary(p) => Ok(Delivery::Stamped(Stamp::read(Body::Binary(p)))),
+        Inbound::Text(p) if &p[..] == raw::DONE => Ok(Delivery::Done),
+        Inbound::Text(_) => {
+            stats.error(ErrorKind::Decode, "a text message other than `done`");
+            Ok(Delivery::Other)
         }
+        Inbound::Ping(p) => {
+            let _ = pings.try_send(p.to_vec());
+            Ok(Delivery::Other)
+        }
+        Inbound::Close(code) => Err(ConnError::Closed(*code)),
     }
 }
 
 // === publisher ===
 
 async fn publisher(gate: Gate, cfg: Arc<Cfg>, shared: Arc<Shared>) -> Outcome {
-    let (conn, phases) = match open(gate, &cfg.topic, true).await {
+    let (conn, phases) = match open(gate, &cfg, true).await {
         Ok(x) => x,
         Err(outcome) => return outcome,
     };
@@ -404,7 +477,14 @@ async fn publisher(gate: Gate, cfg: Arc<Cfg>, shared: Arc<Shared>) -> Outcome {
     let (ping_tx, mut ping_rx) = mpsc::channel(4);
     let (stop_tx, stop_rx) = oneshot::channel();
     let read = async {
-        let r = harness::until(phases.deadline, drain(&mut reader, &ping_tx, &cfg)).await;
+        let r = match cfg.protocol {
+            Protocol::Phoenix => {
+                harness::until(phases.deadline, drain(&mut reader, &ping_tx, &cfg)).await
+            }
+            Protocol::Raw => {
+                harness::until(phases.deadline, raw_drain(&mut reader, &ping_tx, &shared)).await
+            }
+        };
         let _ = stop_tx.send(());
         r
     };
@@ -421,8 +501,10 @@ async fn publisher(gate: Gate, cfg: Arc<Cfg>, shared: Arc<Shared>) -> Outcome {
             ),
         )
         .await;
-        // Then keep the socket alive until our own `done` comes back.
-        let kept = keepalive(&mut writer, ping_rx, stop_rx).await;
+        // Then keep the socket alive until our own `done` comes back (raw:
+        // until every subscriber has ended).
+        let heartbeats = cfg.protocol == Protocol::Phoenix;
+        let kept = client::keepalive(&mut writer, ping_rx, stop_rx, heartbeats).await;
         (published, kept, stats)
     };
     let (read, (published, kept, mut stats)) = tokio::join!(read, write);
@@ -486,42 +568,88 @@ async fn publish(
         if intended >= phases.end {
             break;
         }
-        Stamp {
+        let stamp = Stamp {
             t: phases.ns(intended),
             s: seq,
+        };
+        match cfg.protocol {
+            Protocol::Phoenix => {
+                stamp.write(cfg.encoding, cfg.size, &mut payload);
+                let mut digits = [0u8; 20];
+                let ref_ = super::decimal(seq + FIRST_REF, &mut digits);
+                buf.clear();
+                codec::encode_push(
+                    &mut buf,
+                    cfg.encoding,
+                    Some(JOIN_REF),
+                    Some(ref_),
+                    &cfg.topic,
+                    MSG,
+                    &payload,
+                )?;
+            }
+            // The message is the stamp itself (`cfg.encoding` is binary).
+            Protocol::Raw => stamp.write(cfg.encoding, cfg.size, &mut buf),
         }
-        .write(cfg.encoding, cfg.size, &mut payload);
-        let mut digits = [0u8; 20];
-        let ref_ = super::decimal(seq + FIRST_REF, &mut digits);
-        buf.clear();
-        codec::encode_push(
-            &mut buf,
-            cfg.encoding,
-            Some(JOIN_REF),
-            Some(ref_),
-            &cfg.topic,
-            MSG,
-            &payload,
-        )?;
         if phases.measured(intended) {
             stats.sent += 1;
         }
         client::send(writer, cfg.encoding, &mut buf).await?;
         seq += 1;
     }
-    let mut digits = [0u8; 20];
-    let ref_ = super::decimal(seq + FIRST_REF, &mut digits);
     buf.clear();
-    codec::encode_push(
-        &mut buf,
-        Encoding::Json,
-        Some(JOIN_REF),
-        Some(ref_),
-        &cfg.topic,
-        DONE,
-        b"{}",
-    )?;
+    match cfg.protocol {
+        Protocol::Phoenix => {
+            let mut digits = [0u8; 20];
+            let ref_ = super::decimal(seq + FIRST_REF, &mut digits);
+            codec::encode_push(
+                &mut buf,
+                Encoding::Json,
+                Some(JOIN_REF),
+                Some(ref_),
+                &cfg.topic,
+                DONE,
+                b"{}",
+            )?;
+        }
+        Protocol::Raw => buf.extend_from_slice(raw::DONE),
+    }
+    // A text frame either way.
     client::send(writer, Encoding::Json, &mut buf).await
+}
+
+/// Raw: nothing comes back to the publisher; hand pings over and notice a
+/// close until every subscriber has ended. Cancels a read then (the socket
+/// is only closed after that).
+async fn raw_drain(
+    reader: &mut Reader,
+    pings: &mpsc::Sender<Vec<u8>>,
+    shared: &Shared,
+) -> Result<(), ConnError> {
+    let all_gone = async {
+        loop {
+            let gone = shared.gone.notified();
+            if shared.live.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            gone.await;
+        }
+    };
+    let read = async {
+        loop {
+            match client::recv(reader).await? {
+                Inbound::Ping(p) => {
+                    let _ = pings.try_send(p.to_vec());
+                }
+                Inbound::Close(code) => return Err(ConnError::Closed(code)),
+                Inbound::Text(_) | Inbound::Binary(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = all_gone => Ok(()),
+        r = read => r,
+    }
 }
 
 /// Read the publisher's own copies until its `done` comes back. Not cancel-safe.

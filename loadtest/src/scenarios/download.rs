@@ -65,6 +65,7 @@ use fastwebsockets::Payload;
 use crate::client::{self, Conn, ConnError, Inbound, Reader, Writer};
 use crate::codec::{self, DecodeError, Encoding, Kind, ServerMsg};
 use crate::harness::{self, Gate, Phases, Run};
+use crate::progress::Live;
 use crate::report::{Params, Summary};
 use crate::stats::{ErrorKind, Stats};
 use crate::{Common, Error};
@@ -419,21 +420,16 @@ impl TransferSummary {
         };
         let chunk = chunk.or(shape.requested_chunk);
         let params = Params {
-            url: common.url.clone(),
-            connections: common.connections,
-            duration_s: common.duration.as_secs_f64(),
             warmup_s: if shape.repeat {
                 common.warmup.as_secs_f64()
             } else {
                 0.0
             },
-            timeout_s: common.timeout.as_secs_f64(),
-            payload_bytes: chunk.and_then(|c| usize::try_from(c).ok()).unwrap_or(0),
-            encoding: Encoding::Binary,
-            window: None,
-            rate: None,
-            max_lag: None,
-            topic: None,
+            ..Params::new(
+                common,
+                chunk.and_then(|c| usize::try_from(c).ok()).unwrap_or(0),
+                Encoding::Binary,
+            )
         };
         let summary = Summary::new(
             shape.scenario,
@@ -451,7 +447,7 @@ impl TransferSummary {
                     min: rate(l.max),
                     p10: rate(l.p90),
                     p50: rate(l.p50),
-                    p90: rate(total.latency().value_at_quantile(0.1)),
+                    p90: rate(total.latency().map_or(l.min, |h| h.value_at_quantile(0.1))),
                     max: rate(l.min),
                 })
             }
@@ -787,6 +783,7 @@ pub async fn run(common: &Common, args: &DownloadArgs) -> Result<Summary, Error>
 /// Run the scenario.
 pub async fn run_transfer(common: &Common, args: &DownloadArgs) -> Result<TransferSummary, Error> {
     common.validate()?;
+    common.require_phoenix("download")?;
     if args.file.is_empty() {
         return Err(Error::Invalid("--file must not be empty".into()));
     }
@@ -834,6 +831,7 @@ pub async fn run_transfer(common: &Common, args: &DownloadArgs) -> Result<Transf
 
 /// One connection task: set up, download (once or until the end), close.
 async fn connection(gate: Gate, cfg: Arc<Cfg>, topic: String) -> Outcome {
+    let live = gate.live();
     let mut out = Outcome::new();
     let mut buf = Vec::with_capacity(256);
     let mut conn = match gate.connect_and_join(&mut buf, &topic, JOIN_REF).await {
@@ -844,6 +842,7 @@ async fn connection(gate: Gate, cfg: Arc<Cfg>, topic: String) -> Outcome {
             return out;
         }
     };
+    out.stats = Stats::with_live(live.clone());
     if let Some(phases) = gate.ready(true).await {
         let cut = if cfg.repeat {
             phases.end
@@ -856,6 +855,7 @@ async fn connection(gate: Gate, cfg: Arc<Cfg>, topic: String) -> Outcome {
             topic: &topic,
             phases: &phases,
             buf,
+            live,
         };
         match harness::until(cut, dl.drive(&mut conn, &mut out, &mut running)).await {
             Some(Ok(())) => {}
@@ -878,6 +878,7 @@ struct Downloads<'a> {
     topic: &'a str,
     phases: &'a Phases,
     buf: Vec<u8>,
+    live: Arc<Live>,
 }
 
 impl Downloads<'_> {
@@ -983,6 +984,7 @@ impl Downloads<'_> {
             match (msg.kind, &*msg.event) {
                 (Kind::Push, NEW_CHUNK) => {
                     let len = verifier.chunk(msg.payload.as_bytes())?;
+                    self.live.message(len as usize);
                     if !self.cfg.repeat || {
                         let now = Instant::now();
                         now >= from && now < end

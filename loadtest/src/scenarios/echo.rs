@@ -14,13 +14,23 @@
 //! * When nothing arrives for `--timeout` while pushes are in flight, the
 //!   connection is abandoned (a `stalled` error) and its measured pushes in
 //!   flight are timeouts; so are those still in flight at the deadline.
+//!
+//! # Raw protocol
+//! Connections open `/echo` ([`client::raw`]) and send binary messages of
+//! `--size` bytes (`--binary` is implied), message `i` starting with `i`
+//! big-endian (its last `min(size, 8)` bytes) and then the binary filler.
+//! Echoes are matched in order: the next one must be exactly the oldest
+//! message in flight, same bytes, binary; anything else (other bytes, a
+//! text frame, an echo out of order) is a decode error, and the message it
+//! was matched with is not measured.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::{self, Conn, ConnError, Inbound, Writer};
+use crate::client::{self, raw, Conn, ConnError, Inbound, Protocol, Writer};
 use crate::codec::{self, Encoding, Kind};
 use crate::harness::{self, Gate, Phases, Run};
+use crate::progress::Live;
 use crate::report::{Params, Summary};
 use crate::stats::{ErrorKind, Stats};
 use crate::{Common, Error};
@@ -43,7 +53,8 @@ pub struct EchoArgs {
     /// Payload size: bytes of a binary payload, or length of the JSON `d` string.
     #[arg(long, short = 'p', default_value_t = 20)]
     pub size: usize,
-    /// Push binary payloads (ArrayBuffer, kind-0 binary frames) instead of JSON.
+    /// Push binary payloads (ArrayBuffer, kind-0 binary frames) instead of
+    /// JSON (always so with --protocol raw).
     #[arg(long)]
     pub binary: bool,
 }
@@ -64,7 +75,8 @@ pub async fn run(common: &Common, args: &EchoArgs) -> Result<Summary, Error> {
         return Err(Error::Invalid("--window must be at least 1".into()));
     }
     let epoch = Instant::now();
-    let encoding = if args.binary {
+    let protocol = common.protocol;
+    let encoding = if args.binary || protocol == Protocol::Raw {
         Encoding::Binary
     } else {
         Encoding::Json
@@ -74,7 +86,11 @@ pub async fn run(common: &Common, args: &EchoArgs) -> Result<Summary, Error> {
     let mut run = Run::<Stats>::new(target, common.setup_limits(), epoch);
     for i in 0..common.connections {
         let cfg = Cfg {
-            topic: format!("echo:load-{i}"),
+            topic: match protocol {
+                Protocol::Phoenix => format!("echo:load-{i}"),
+                Protocol::Raw => String::new(),
+            },
+            protocol,
             encoding,
             window: args.window,
             timeout: common.timeout,
@@ -94,17 +110,8 @@ pub async fn run(common: &Common, args: &EchoArgs) -> Result<Summary, Error> {
         total.error(ErrorKind::Internal, "connection task panicked or was cut");
     }
     let params = Params {
-        url: common.url.clone(),
-        connections: common.connections,
-        duration_s: common.duration.as_secs_f64(),
-        warmup_s: common.warmup.as_secs_f64(),
-        timeout_s: common.timeout.as_secs_f64(),
-        payload_bytes: args.size,
-        encoding,
         window: Some(args.window),
-        rate: None,
-        max_lag: None,
-        topic: None,
+        ..Params::new(common, args.size, encoding)
     };
     Ok(Summary::new(
         "echo",
@@ -132,7 +139,9 @@ pub fn payload(encoding: Encoding, size: usize) -> Vec<u8> {
 
 /// What one connection needs.
 struct Cfg {
+    /// Phoenix: the connection's topic; raw: empty.
     topic: String,
+    protocol: Protocol,
     encoding: Encoding,
     window: usize,
     timeout: Duration,
@@ -141,21 +150,28 @@ struct Cfg {
 
 /// One connection task: set up, run until the end, count what is left.
 async fn connection(gate: Gate, cfg: Cfg) -> Stats {
+    let live = gate.live();
     let mut buf = Vec::with_capacity(cfg.payload.len() + cfg.topic.len() + 64);
-    let mut conn = match gate.connect_and_join(&mut buf, &cfg.topic, JOIN_REF).await {
+    let opened = match cfg.protocol {
+        Protocol::Phoenix => gate.connect_and_join(&mut buf, &cfg.topic, JOIN_REF).await,
+        Protocol::Raw => gate.connect_raw(raw::ECHO).await,
+    };
+    let mut conn = match opened {
         Ok(conn) => conn,
         Err(e) => {
             let _ = gate.ready(false).await;
             return Stats::failed(e.kind(), e);
         }
     };
-    let mut stats = Stats::new();
+    let mut stats = Stats::with_live(live.clone());
     if let Some(phases) = gate.ready(true).await {
         let mut echo = Echo {
             cfg: &cfg,
             slots: vec![None; cfg.window],
             in_flight: 0,
+            next_echo: 0,
             buf,
+            live,
         };
         match harness::until(phases.deadline, echo.drive(&mut conn, &mut stats, &phases)).await {
             Some(Ok(())) | None => {}
@@ -181,8 +197,18 @@ struct Echo<'a> {
     /// Push `seq` waits in slot `seq % window`.
     slots: Vec<Option<InFlight>>,
     in_flight: usize,
+    /// Raw: the message the next echo must match (echoes come in order).
+    next_echo: u64,
     /// Reused for every push (masked in place when sent).
     buf: Vec<u8>,
+    live: Arc<Live>,
+}
+
+/// An answer matched with the push it answers.
+struct Answer {
+    sent: InFlight,
+    /// The right status and payload (else an error was counted).
+    ok: bool,
 }
 
 impl Echo<'_> {
@@ -209,40 +235,25 @@ impl Echo<'_> {
                 // What is in flight becomes timeouts (counted by the caller).
                 Err(_) => return Err(ConnError::Stalled(self.cfg.timeout)),
             };
-            let msg = match &inbound {
-                Inbound::Text(p) => codec::decode_text(p)?,
-                Inbound::Binary(p) => codec::decode_binary(p)?,
+            let (data, binary) = match &inbound {
+                Inbound::Text(p) => (p, false),
+                Inbound::Binary(p) => (p, true),
                 Inbound::Ping(p) => {
                     client::pong(&mut conn.writer, p).await?;
                     continue;
                 }
                 Inbound::Close(code) => return Err(ConnError::Closed(*code)),
             };
-            if msg.topic != self.cfg.topic {
-                continue;
-            }
-            match (msg.kind, &*msg.event) {
-                (Kind::Reply, _) => {}
-                (_, "phx_error") => return Err(ConnError::Channel("phx_error")),
-                (_, "phx_close") => return Err(ConnError::Channel("phx_close")),
-                _ => continue,
-            }
-            let Some(sent) = msg
-                .ref_
-                .as_deref()
-                .and_then(|r| r.parse::<u64>().ok())
-                .and_then(|r| r.checked_sub(FIRST_REF))
-                .and_then(|seq| self.take(seq))
-            else {
-                stats.error(ErrorKind::Decode, "reply to a ref not in flight");
+            self.live.message(data.len());
+            let answer = match self.cfg.protocol {
+                Protocol::Phoenix => self.reply(data, binary, stats)?,
+                Protocol::Raw => self.echo(data, binary, stats),
+            };
+            let Some(Answer { sent, ok }) = answer else {
                 continue;
             };
             let now = Instant::now();
-            if msg.status.as_deref() != Some("ok") {
-                stats.error(ErrorKind::Reply, format_args!("status {:?}", msg.status));
-            } else if msg.payload.as_bytes() != &*self.cfg.payload {
-                stats.error(ErrorKind::Reply, "payload differs from the one sent");
-            } else if sent.measured {
+            if ok && sent.measured {
                 stats.received += 1;
                 stats.record(now.saturating_duration_since(sent.sent));
             }
@@ -254,6 +265,68 @@ impl Echo<'_> {
         Ok(())
     }
 
+    /// Phoenix: match a server message with its push, if it is a reply to
+    /// one (`None`: something else, or an error counted).
+    fn reply(
+        &mut self,
+        data: &[u8],
+        binary: bool,
+        stats: &mut Stats,
+    ) -> Result<Option<Answer>, ConnError> {
+        let msg = if binary {
+            codec::decode_binary(data)?
+        } else {
+            codec::decode_text(data)?
+        };
+        if msg.topic != self.cfg.topic {
+            return Ok(None);
+        }
+        match (msg.kind, &*msg.event) {
+            (Kind::Reply, _) => {}
+            (_, "phx_error") => return Err(ConnError::Channel("phx_error")),
+            (_, "phx_close") => return Err(ConnError::Channel("phx_close")),
+            _ => return Ok(None),
+        }
+        let Some(sent) = msg
+            .ref_
+            .as_deref()
+            .and_then(|r| r.parse::<u64>().ok())
+            .and_then(|r| r.checked_sub(FIRST_REF))
+            .and_then(|seq| self.take(seq))
+        else {
+            stats.error(ErrorKind::Decode, "reply to a ref not in flight");
+            return Ok(None);
+        };
+        let ok = if msg.status.as_deref() != Some("ok") {
+            stats.error(ErrorKind::Reply, format_args!("status {:?}", msg.status));
+            false
+        } else if msg.payload.as_bytes() != &*self.cfg.payload {
+            stats.error(ErrorKind::Reply, "payload differs from the one sent");
+            false
+        } else {
+            true
+        };
+        Ok(Some(Answer { sent, ok }))
+    }
+
+    /// Raw: match an echo with the oldest message in flight.
+    fn echo(&mut self, data: &[u8], binary: bool, stats: &mut Stats) -> Option<Answer> {
+        let seq = self.next_echo;
+        let Some(sent) = self.take(seq) else {
+            stats.error(ErrorKind::Decode, "an echo with no message in flight");
+            return None;
+        };
+        self.next_echo += 1;
+        let ok = binary && raw_matches(&self.cfg.payload, seq, data);
+        if !ok {
+            stats.error(
+                ErrorKind::Decode,
+                "echo differs from the message sent (bytes, opcode or order)",
+            );
+        }
+        Some(Answer { sent, ok })
+    }
+
     /// Write push `seq` and put it in its slot.
     async fn send(
         &mut self,
@@ -262,18 +335,23 @@ impl Echo<'_> {
         stats: &mut Stats,
         phases: &Phases,
     ) -> Result<(), ConnError> {
-        let mut digits = [0u8; 20];
-        let ref_ = super::decimal(seq + FIRST_REF, &mut digits);
         self.buf.clear();
-        codec::encode_push(
-            &mut self.buf,
-            self.cfg.encoding,
-            Some(JOIN_REF),
-            Some(ref_),
-            &self.cfg.topic,
-            EVENT,
-            &self.cfg.payload,
-        )?;
+        match self.cfg.protocol {
+            Protocol::Phoenix => {
+                let mut digits = [0u8; 20];
+                let ref_ = super::decimal(seq + FIRST_REF, &mut digits);
+                codec::encode_push(
+                    &mut self.buf,
+                    self.cfg.encoding,
+                    Some(JOIN_REF),
+                    Some(ref_),
+                    &self.cfg.topic,
+                    EVENT,
+                    &self.cfg.payload,
+                )?;
+            }
+            Protocol::Raw => raw_message(&self.cfg.payload, seq, &mut self.buf),
+        }
         let sent = Instant::now();
         let measured = phases.measured(sent);
         let slot = (seq % self.cfg.window as u64) as usize;
@@ -290,6 +368,7 @@ impl Echo<'_> {
     }
 
     /// Take push `seq` out of its slot, if it is the one in flight there.
+    /// Raw echoes are taken in order, so slot `seq % W` is the oldest.
     fn take(&mut self, seq: u64) -> Option<InFlight> {
         let slot = self
             .slots
@@ -301,9 +380,54 @@ impl Echo<'_> {
     }
 }
 
+/// Bytes of a raw message's sequence header: its last `min(size, 8)` big-endian bytes.
+fn header_len(size: usize) -> usize {
+    size.min(8)
+}
+
+/// Raw message `seq`: `filler` with its first bytes replaced by `seq`.
+fn raw_message(filler: &[u8], seq: u64, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(filler);
+    let k = header_len(filler.len());
+    out[..k].copy_from_slice(&seq.to_be_bytes()[8 - k..]);
+}
+
+/// Whether `echo` is exactly raw message `seq`.
+fn raw_matches(filler: &[u8], seq: u64, echo: &[u8]) -> bool {
+    let k = header_len(filler.len());
+    echo.len() == filler.len()
+        && echo[..k] == seq.to_be_bytes()[8 - k..]
+        && echo[k..] == filler[k..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_messages_carry_their_sequence() {
+        let filler = payload(Encoding::Binary, 20);
+        let mut m = Vec::new();
+        raw_message(&filler, 0x0102, &mut m);
+        assert_eq!(m.len(), 20);
+        assert_eq!(&m[..8], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(&m[8..], &filler[8..]);
+        assert!(raw_matches(&filler, 0x0102, &m));
+        assert!(!raw_matches(&filler, 0x0103, &m), "another message");
+        assert!(!raw_matches(&filler, 0x0102, &m[..19]), "truncated");
+        let mut changed = m.clone();
+        changed[15] ^= 1;
+        assert!(!raw_matches(&filler, 0x0102, &changed), "corrupted");
+        // Shorter than the header: the low bytes of the sequence.
+        let tiny = payload(Encoding::Binary, 2);
+        raw_message(&tiny, 0x0305, &mut m);
+        assert_eq!(m, [3, 5]);
+        assert!(raw_matches(&tiny, 0x0305, &m));
+        let empty = payload(Encoding::Binary, 0);
+        raw_message(&empty, 9, &mut m);
+        assert!(m.is_empty() && raw_matches(&empty, 9, &m));
+    }
 
     #[test]
     fn payloads() {

@@ -2,6 +2,7 @@
 //! `run(common, args) -> Summary` built on [`crate::harness`].
 
 pub mod broadcast;
+pub mod connect;
 pub mod download;
 pub mod echo;
 pub mod prices;

@@ -36,17 +36,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{self, Conn, ConnError, Reader, Writer};
+use crate::client::{self, Conn, ConnError, Reader};
 use crate::codec::{Encoding, Kind};
 use crate::harness::{self, Gate, Phases, Run};
+use crate::progress::Live;
 use crate::report::{Params, Summary};
 use crate::stats::{ErrorKind, Stats};
 use crate::{Common, Error};
 
 /// How long closing a connection may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// Phoenix's heartbeat interval, so idle subscribers are not timed out.
-const HEARTBEAT: Duration = Duration::from_secs(30);
 /// A price update.
 const NEW: &str = "new";
 /// An upstream state change.
@@ -167,6 +166,7 @@ pub async fn run(common: &Common, args: &PricesArgs) -> Result<Summary, Error> {
 /// Run the scenario.
 pub async fn run_prices(common: &Common, args: &PricesArgs) -> Result<PricesSummary, Error> {
     common.validate()?;
+    common.require_phoenix("prices")?;
     let assets: Vec<String> = args
         .assets
         .iter()
@@ -208,17 +208,8 @@ pub async fn run_prices(common: &Common, args: &PricesArgs) -> Result<PricesSumm
     }
     let window = phases.window().as_secs_f64();
     let params = Params {
-        url: common.url.clone(),
-        connections: common.connections,
-        duration_s: common.duration.as_secs_f64(),
-        warmup_s: common.warmup.as_secs_f64(),
-        timeout_s: common.timeout.as_secs_f64(),
-        payload_bytes: 0,
-        encoding: Encoding::Json,
-        window: None,
-        rate: None,
-        max_lag: None,
         topic: Some(cfg.topics.join(",")),
+        ..Params::new(common, 0, Encoding::Json)
     };
     let summary = Summary::new("prices", params, setup, &total, window, "deliveries/s");
     Ok(PricesSummary {
@@ -241,6 +232,7 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, i: usize) -> Outcome {
     } else {
         vec![cfg.topics[i % cfg.topics.len()].as_str()]
     };
+    let live = gate.live();
     let mut buf = Vec::with_capacity(128);
     let mut conn = match gate.connect_and_join(&mut buf, topics[0], "1").await {
         Ok(conn) => conn,
@@ -268,7 +260,7 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, i: usize) -> Outcome {
         joined: topics.len() as u64,
         new_pushes: 0,
         status_pushes: 0,
-        stats: Stats::new(),
+        stats: Stats::with_live(live.clone()),
     };
     // Read from the join on, not from the start: pushes left unread while
     // the other connections set up would pile up in the socket buffers
@@ -280,7 +272,7 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, i: usize) -> Outcome {
     let (end_tx, end_rx) = oneshot::channel::<()>();
     let read = async {
         let r = tokio::select! {
-            r = pushes(&mut reader, &ping_tx, &topics, &phases, &mut out) => Some(r),
+            r = pushes(&mut reader, &ping_tx, &topics, &phases, &live, &mut out) => Some(r),
             _ = end_rx => None,
         };
         let _ = stop_tx.send(());
@@ -294,7 +286,11 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, i: usize) -> Outcome {
         }
         let _ = end_tx.send(());
     };
-    let (read, write, ()) = tokio::join!(read, keepalive(&mut writer, ping_rx, stop_rx), control);
+    let (read, write, ()) = tokio::join!(
+        read,
+        client::keepalive(&mut writer, ping_rx, stop_rx, true),
+        control
+    );
     match (read, write) {
         (Some(Err(e)), _) | (_, Err(e)) => out.stats.error(e.kind(), e),
         _ => {}
@@ -333,6 +329,7 @@ async fn pushes(
     pings: &mpsc::Sender<Vec<u8>>,
     topics: &[&str],
     phases: &OnceLock<Phases>,
+    live: &Live,
     out: &mut Outcome,
 ) -> Result<(), ConnError> {
     loop {
@@ -356,6 +353,7 @@ async fn pushes(
             _ => continue,
         }
         out.new_pushes += 1;
+        live.message(msg.payload.as_bytes().len());
         let time = match msg.payload {
             crate::codec::Body::Json(text) => serde_json::from_str::<NewPrice>(text).ok(),
             crate::codec::Body::Binary(_) => None,
@@ -369,28 +367,6 @@ async fn pushes(
             out.stats.received += 1;
             out.stats
                 .record(Duration::from_micros(latency_us(now_us, time)));
-        }
-    }
-}
-
-/// The write half of a reading connection: answer pings, send heartbeats,
-/// until `stop` (as in `broadcast`).
-async fn keepalive(
-    writer: &mut Writer,
-    mut pings: mpsc::Receiver<Vec<u8>>,
-    mut stop: oneshot::Receiver<()>,
-) -> Result<(), ConnError> {
-    let mut buf = Vec::with_capacity(64);
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-    let mut n = 0u64;
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            Some(p) = pings.recv() => client::pong(writer, &p).await?,
-            _ = beat.tick() => {
-                n += 1;
-                client::heartbeat(writer, &mut buf, &format!("hb{n}")).await?;
-            }
         }
     }
 }

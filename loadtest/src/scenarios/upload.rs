@@ -57,7 +57,9 @@ use super::download::{
 use crate::client::{self, Conn, ConnError, Reader, Writer};
 use crate::codec::{self, Encoding, Kind};
 use crate::harness::{self, Gate, Phases, Run};
+use crate::progress::Live;
 use crate::report::Summary;
+use crate::stats::Stats;
 use crate::{Common, Error};
 
 /// Period of the upload content, bytes (a prime just under 1 MiB).
@@ -204,6 +206,7 @@ pub async fn run(common: &Common, args: &UploadArgs) -> Result<Summary, Error> {
 /// Run the scenario.
 pub async fn run_transfer(common: &Common, args: &UploadArgs) -> Result<TransferSummary, Error> {
     common.validate()?;
+    common.require_phoenix("upload")?;
     let chunk = usize::try_from(args.chunk_size)
         .ok()
         .filter(|&c| c > 0 && c <= 1 << 30)
@@ -265,6 +268,7 @@ pub async fn run_transfer(common: &Common, args: &UploadArgs) -> Result<Transfer
 
 /// One connection task: set up, upload once, close.
 async fn connection(gate: Gate, cfg: Arc<Cfg>, topic: String, name: String) -> Outcome {
+    let live = gate.live();
     let mut out = Outcome::new();
     let mut buf = Vec::with_capacity(256);
     let mut conn = match gate.connect_and_join(&mut buf, &topic, JOIN_REF).await {
@@ -275,11 +279,13 @@ async fn connection(gate: Gate, cfg: Arc<Cfg>, topic: String, name: String) -> O
             return out;
         }
     };
+    out.stats = Stats::with_live(live.clone());
     if let Some(phases) = gate.ready(true).await {
         let up = Upload {
             cfg: &cfg,
             topic: &topic,
             name: &name,
+            live: &live,
         };
         match harness::until(phases.deadline, up.drive(&mut conn, &phases, &mut out)).await {
             Some(Ok(())) => {}
@@ -296,6 +302,7 @@ struct Upload<'a> {
     cfg: &'a Cfg,
     topic: &'a str,
     name: &'a str,
+    live: &'a Live,
 }
 
 /// Where the chunks of one upload start and how many may be unacknowledged.
@@ -493,6 +500,7 @@ impl Upload<'_> {
                 piece,
             )?;
             client::send(writer, Encoding::Binary, &mut buf).await?;
+            self.live.message(piece.len());
             offset += len;
             n += 1;
         }
