@@ -138,7 +138,7 @@ impl<'a> CaseSamples<'a> {
             let _ = write!(out, " ({})", list.join(", "));
         }
         if timeouts > 0 {
-            let _ = write!(out, ", {timeouts} timeouts");
+            let _ = write!(out, "; {} timeouts", grouped(timeouts));
         }
         if failed > 0 && failed < runs {
             let first = self
@@ -253,6 +253,10 @@ pub fn goal_cell(cs: &CaseSamples<'_>, server: ServerKind) -> String {
             };
             let fmt = |v: f64| match metric {
                 None => format!("{v:.2}×"),
+                // Latency goals are in ms.
+                Some(Metric::P50Us | Metric::P99Us) => {
+                    format!("{} ms", grouped((v / 1e3).round() as u64))
+                }
                 Some(m) => format!("{} {}", fmt_metric(m, v), short_unit(m)),
             };
             let verdict = match judge(g, cs) {
@@ -669,6 +673,26 @@ mod tests {
         let none: [Sample; 0] = [];
         let cs = CaseSamples::new(&case, &none);
         assert_eq!(judge(&case.goals[0], &cs), Verdict::Unknown);
+        let mut late = Sample::empty(&case.id, ServerKind::Sluice, 2, Status::Ok);
+        late.timeouts = 12_345;
+        let with_late = [all[0].clone(), late];
+        assert_eq!(
+            CaseSamples::new(&case, &with_late).errors(ServerKind::Sluice),
+            "0; 12 345 timeouts"
+        );
+        let p99 = Goal::Below {
+            metric: Metric::P99Us,
+            limit: 50_000.0,
+        };
+        let mut paced = case.clone();
+        paced.goals = vec![p99];
+        let mut s = Sample::empty(&paced.id, ServerKind::Sluice, 1, Status::Ok);
+        s.metrics.p99_us = Some(1_948_671.0);
+        let one = [s];
+        assert_eq!(
+            goal_cell(&CaseSamples::new(&paced, &one), ServerKind::Sluice),
+            "p99 < 50 ms: **missed** (1 949 ms)"
+        );
         let md = render(&meta(), std::slice::from_ref(&case), &all);
         assert!(
             md.contains("| idle 200 sockets | sluice | 200 | 5.2 | – | 0 |"),
