@@ -303,7 +303,7 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, shared: Arc<Shared>) -> Outcome {
         mut reader,
         mut writer,
     } = conn;
-    let mut stats = Stats::with_live(live.clone());
+    let mut stats = Stats::recording(live.clone());
     let mut delivered = 0;
     let (ping_tx, ping_rx) = mpsc::channel(4);
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -163,7 +163,7 @@ async fn connection(gate: Gate, cfg: Cfg) -> Stats {
             return Stats::failed(e.kind(), e);
         }
     };
-    let mut stats = Stats::with_live(live.clone());
+    let mut stats = Stats::recording(live.clone());
     if let Some(phases) = gate.ready(true).await {
         let mut echo = Echo {
             cfg: &cfg,

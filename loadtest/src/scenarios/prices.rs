@@ -260,7 +260,7 @@ async fn subscriber(gate: Gate, cfg: Arc<Cfg>, i: usize) -> Outcome {
         joined: topics.len() as u64,
         new_pushes: 0,
         status_pushes: 0,
-        stats: Stats::with_live(live.clone()),
+        stats: Stats::recording(live.clone()),
     };
     // Read from the join on, not from the start: pushes left unread while
     // the other connections set up would pile up in the socket buffers
