@@ -11,8 +11,9 @@ run:
 
 ## Everything CI checks: formatting, lints, unit + integration tests, the
 ## end-to-end suite with the official phoenix client, that benches and fuzz
-## targets compile, and the hot paths' instruction counts (callgrind).
-test: lint unit bench-build callgrind fuzz-build e2e
+## targets compile, the hot paths' instruction counts (callgrind), and a
+## short side-by-side run against every peer (complete, error-free output).
+test: lint unit bench-build callgrind fuzz-build e2e bench-compare-smoke
 
 lint:
 	$(CARGO) fmt --all -- --check
