@@ -30,9 +30,9 @@
 //!   (each read fills the buffer): the reader's input buffer, frame decoder
 //!   and unmasking, and the reassembler.
 //!
-//! The reader task's loop (`read_messages` and `Input::next` in
-//! `src/transport/websocket.rs`) is private; [`ClientInput::next`] and
-//! [`serve_pushes`] mirror it step for step and must follow it when it
+//! Frames are read through the server's own [`Input`]; the reader task's
+//! loop (`read_messages` in `src/transport/websocket.rs`) is private, and
+//! [`serve_pushes`] mirrors it step for step and must follow it when it
 //! changes. Not counted by design: the kernel (socket reads and writes, the
 //! readiness wait), the hyper upgrade and connection setup. The Prometheus
 //! recorder is installed as in the server, so metric updates are counted.
@@ -57,11 +57,12 @@ use sluice::config::Config;
 use sluice::protocol::{self, Format, Payload};
 use sluice::pubsub::{Origin, PubSub};
 use sluice::session::Session;
-use sluice::transport::frames::{self, Decoded, Op};
+use sluice::transport::frames::{self, Op};
+use sluice::transport::input::{Input, Source};
 use sluice::transport::outbox::{Limits, Outbox};
 use sluice::transport::reassemble::{InMessage, Kind, Reassembler};
 use sluice::transport::writer;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
@@ -284,53 +285,19 @@ impl AsyncRead for ClientStream {
     }
 }
 
-/// Bytes the reader asks for per read when no frame says how many it needs
-/// (`READ_CHUNK` in the reader task).
-const READ_CHUNK: usize = 8 * 1024;
+/// The server's own reader input ([`Input`]) over the in-memory stream.
+type ClientInput = Input<ClientStream>;
 
-/// A socket's input as the reader task keeps it (`Input` in
-/// `src/transport/websocket.rs`): the buffer exists only while it holds bytes.
-struct ClientInput {
-    src: ClientStream,
-    buf: BytesMut,
-    max: usize,
+impl Source for ClientStream {
+    fn ready(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        // In memory: always readable.
+        std::future::ready(())
+    }
 }
 
-impl ClientInput {
-    fn new(config: &Config, src: ClientStream) -> ClientInput {
-        ClientInput {
-            src,
-            buf: BytesMut::new(),
-            max: config.max_frame_bytes,
-        }
-    }
-
-    /// The next client frame (mirrors `Input::next`).
-    async fn next(&mut self, outbox: &Outbox) -> frames::Frame {
-        loop {
-            let need = match frames::decode(&mut self.buf, self.max).expect("valid frame") {
-                Decoded::Frame(f) => {
-                    if self.buf.is_empty() {
-                        self.buf = BytesMut::new();
-                    }
-                    return f;
-                }
-                Decoded::Need(n) => n,
-            };
-            if self.buf.is_empty() {
-                self.buf = BytesMut::new();
-            }
-            let want = need.max(READ_CHUNK);
-            self.buf.reserve(want.saturating_sub(self.buf.len()));
-            let n = self
-                .src
-                .read_buf(&mut self.buf)
-                .await
-                .expect("in-memory read");
-            assert!(n > 0, "client input exhausted");
-            outbox.touch_input(sluice::clock::mono_ms());
-        }
-    }
+/// The next client frame through the server's [`Input::next`].
+async fn next_frame(input: &mut ClientInput, max: usize, outbox: &Outbox) -> frames::Frame {
+    input.next(max, outbox).await.expect("valid frame")
 }
 
 /// A data frame into a message, as the reader task does.
@@ -353,6 +320,8 @@ struct EchoSocket {
     outbox: Arc<Outbox>,
     session: Session,
     input: ClientInput,
+    /// The server's frame size limit.
+    max: usize,
     reassembler: Reassembler,
     /// The reader's end signal, shared with the writer (never cancelled here).
     done: CancellationToken,
@@ -403,8 +372,9 @@ impl Echo {
             let opcode = if binary { OpCode::Binary } else { OpCode::Text };
             client.push(client_frame(opcode, payload, mask(i)));
         }
-        let input = ClientInput::new(&app.config, ClientStream::new(client, true));
+        let input = Input::new(ClientStream::new(client, true), BytesMut::new());
         let reassembler = Reassembler::new(app.config.max_frame_bytes);
+        let max = app.config.max_frame_bytes;
         Echo {
             rt,
             socket: EchoSocket {
@@ -412,6 +382,7 @@ impl Echo {
                 outbox,
                 session,
                 input,
+                max,
                 reassembler,
                 done,
                 written,
@@ -460,12 +431,17 @@ async fn serve_pushes(s: &mut EchoSocket) {
     let m = &s.app.metrics;
     let base = s.written.writes.load(Ordering::Relaxed);
     for i in 1..=FRAMES as u64 {
+        if s.done.is_cancelled() {
+            unreachable!("never cancelled");
+        }
         tokio::select! {
+            biased;
             _ = s.outbox.wait_control_room() => {}
             _ = s.done.cancelled() => unreachable!("never cancelled"),
         }
         let frame = tokio::select! {
-            f = s.input.next(&s.outbox) => f,
+            biased;
+            f = next_frame(&mut s.input, s.max, &s.outbox) => f,
             _ = s.done.cancelled() => unreachable!("never cancelled"),
         };
         let msg = reassemble(&mut s.reassembler, frame);
@@ -569,6 +545,7 @@ fn cg_workload_broadcast_encode(f: &Fanout) {
 /// [`FRAMES`] masked 1 KiB binary client frames, back to back, behind the reader's input.
 struct Unmask {
     input: ClientInput,
+    max: usize,
     reassembler: Reassembler,
     outbox: Outbox,
 }
@@ -585,7 +562,8 @@ impl Unmask {
             })
             .collect();
         Unmask {
-            input: ClientInput::new(&config, ClientStream::new(client, false)),
+            input: Input::new(ClientStream::new(client, false), BytesMut::new()),
+            max: config.max_frame_bytes,
             reassembler: Reassembler::new(config.max_frame_bytes),
             outbox: Outbox::new(limits(&config), sluice::metrics::Metrics::new()),
         }
@@ -596,7 +574,7 @@ impl Unmask {
 async fn read_all(u: &mut Unmask) -> u64 {
     let mut sum = 0u64;
     for _ in 0..FRAMES {
-        let frame = u.input.next(&u.outbox).await;
+        let frame = next_frame(&mut u.input, u.max, &u.outbox).await;
         let msg = reassemble(&mut u.reassembler, frame);
         sum += u64::from(black_box(&msg.data)[msg.data.len() - 1]);
     }

@@ -1,5 +1,6 @@
 //! Serializer benchmarks: decode and encode of V2 JSON text frames and V2 binary
-//! frames, reported as bytes per second of wire payload.
+//! frames, reported as bytes per second of wire payload; and Phoenix.Token
+//! verification (the work of every socket connect), signing and key derivation.
 //!
 //! Run briefly with `cargo bench --bench protocol -- --warm-up-time 1 --measurement-time 2`.
 
@@ -158,9 +159,45 @@ fn v2_binary(c: &mut Criterion) {
     group.finish();
 }
 
+/// Phoenix.Token: verify (HMAC-SHA256 + ETF decode, done on every connect),
+/// sign, and deriving the key from secret_key_base (PBKDF2, done once).
+fn token(c: &mut Criterion) {
+    use sluice::token::{self, Key, MaxAge, Term, VerifyOptions};
+    let secret = [b'k'; 64];
+    let key = Key::derive(&secret, token::SOCKET_SALT.as_bytes());
+    let now = 1_764_000_000_000u64;
+    let opts = VerifyOptions::default();
+    let mut group = c.benchmark_group("token");
+    for (name, data) in [
+        ("int_user", Term::Int(42)),
+        (
+            "binary_user",
+            Term::Binary(b"user-0123456789abcdef".to_vec()),
+        ),
+    ] {
+        let signed = token::sign(&key, &data, now, MaxAge::Seconds(86_400));
+        group.bench_with_input(BenchmarkId::new("verify", name), &signed, |b, t| {
+            b.iter(|| token::verify(&key, Some(black_box(t)), now, &opts))
+        });
+        group.bench_with_input(BenchmarkId::new("sign", name), &data, |b, d| {
+            b.iter(|| token::sign(&key, black_box(d), now, MaxAge::Seconds(86_400)))
+        });
+    }
+    group.bench_function("verify/invalid_signature", |b| {
+        let mut bad = token::sign(&key, &Term::Int(42), now, MaxAge::Seconds(86_400));
+        bad.push('x');
+        b.iter(|| token::verify(&key, Some(black_box(&bad)), now, &opts))
+    });
+    group.sample_size(10);
+    group.bench_function("derive_key", |b| {
+        b.iter(|| Key::derive(black_box(&secret), token::SOCKET_SALT.as_bytes()))
+    });
+    group.finish();
+}
+
 /// `criterion_group!` generates an undocumented `pub fn`; keep it out of the lint.
 #[allow(missing_docs)]
 mod group {
-    criterion::criterion_group!(benches, super::v2_json, super::v2_binary);
+    criterion::criterion_group!(benches, super::v2_json, super::v2_binary, super::token);
 }
 criterion_main!(group::benches);

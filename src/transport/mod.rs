@@ -2,6 +2,7 @@
 //!
 //! * [`connect`]: who may connect (vsn, origin, token), pure.
 //! * [`websocket`]: upgrade and the reader task that runs a session.
+//! * [`input`]: a socket's input: the source and the undecoded bytes.
 //! * [`writer`]: the writer task (vectored, corked writes).
 //! * [`outbox`]: a socket's bounded outbound lanes.
 //! * [`wire`], [`frames`], [`reassemble`]: pure WebSocket framing helpers
@@ -9,6 +10,7 @@
 
 pub mod connect;
 pub mod frames;
+pub mod input;
 pub mod outbox;
 pub mod reassemble;
 pub mod websocket;

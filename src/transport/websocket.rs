@@ -13,9 +13,7 @@
 //! * Every way a socket ends is counted once in `sluice_disconnects_total`.
 
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -24,8 +22,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connect::{self, ConnectInfo};
 use super::frames::{self, Op};
+use super::input::{Buffered, Input, ReadFail, Source};
 use super::outbox::{close_code, Item, Limits, Outbox};
 use super::reassemble::{Kind, ReassembleError, Reassembler};
 use super::writer;
@@ -136,94 +134,6 @@ pub fn upgrade(
         }
     });
     Response::from_parts(parts, Full::new(Bytes::new()))
-}
-
-/// Where a socket's bytes come from: reads, and a wait for input that holds
-/// no buffer (so an idle socket costs no read buffer).
-pub(crate) trait Source: AsyncRead + Unpin + Send + 'static {
-    /// Resolves once a read would make progress (data, EOF or an error).
-    /// Cancel-safe; holds no buffer.
-    fn ready(&mut self) -> impl std::future::Future<Output = ()> + Send + '_;
-}
-
-impl Source for OwnedReadHalf {
-    async fn ready(&mut self) {
-        // An error here shows up again on the read that follows.
-        let _ = self.readable().await;
-    }
-}
-
-/// A source without a readiness wait (an upgraded stream that is not a
-/// plain TCP stream): the reader keeps a buffer while idle.
-pub(crate) struct Buffered<R>(R);
-
-impl<R: AsyncRead + Unpin + Send + 'static> AsyncRead for Buffered<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<R: AsyncRead + Unpin + Send + 'static> Source for Buffered<R> {
-    fn ready(&mut self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        std::future::ready(())
-    }
-}
-
-/// Bytes asked for per read when no frame says how many it needs.
-const READ_CHUNK: usize = 8 * 1024;
-
-/// Why reading the next frame failed.
-enum ReadFail {
-    /// The client hung up (or the connection broke).
-    Eof,
-    /// The client sent a frame we refuse.
-    Frame(frames::FrameError),
-}
-
-/// A socket's input: the source and the bytes read but not yet decoded.
-/// The buffer exists only while it holds bytes: it is released whenever it
-/// empties, and allocated again when the source becomes readable.
-pub(crate) struct Input<R> {
-    src: R,
-    buf: BytesMut,
-}
-
-impl<R: Source> Input<R> {
-    fn new(src: R, early: BytesMut) -> Input<R> {
-        Input { src, buf: early }
-    }
-
-    /// The next client frame, at most `max` bytes. Cancel-safe: bytes read
-    /// stay in the buffer. Tells `outbox` when bytes arrive (the idle sweep).
-    async fn next(&mut self, max: usize, outbox: &Outbox) -> Result<frames::Frame, ReadFail> {
-        loop {
-            let need = match frames::decode(&mut self.buf, max) {
-                Ok(frames::Decoded::Frame(f)) => {
-                    if self.buf.is_empty() {
-                        // Frames split off it keep what they use alive.
-                        self.buf = BytesMut::new();
-                    }
-                    return Ok(f);
-                }
-                Ok(frames::Decoded::Need(n)) => n,
-                Err(e) => return Err(ReadFail::Frame(e)),
-            };
-            if self.buf.is_empty() {
-                self.buf = BytesMut::new();
-                self.src.ready().await;
-            }
-            let want = need.max(READ_CHUNK);
-            self.buf.reserve(want.saturating_sub(self.buf.len()));
-            match self.src.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err(ReadFail::Eof),
-                Ok(_) => outbox.touch_input(crate::clock::mono_ms()),
-            }
-        }
-    }
 }
 
 /// Why the reader stopped (a bounded label).
@@ -365,7 +275,7 @@ async fn read_loop<R: Source>(
         // the kernel send a reset that can overtake our close frame, so keep
         // reading and discarding until the client hangs up, the writer is
         // done, or a bound is hit.
-        input.buf = BytesMut::new();
+        input.discard();
         Box::pin(drain(&mut input.src, done)).await;
     }
     end
@@ -401,11 +311,19 @@ async fn read_messages<R: Source>(
     let mut reassembler = Reassembler::new(cfg.max_frame_bytes);
     let m = &app.metrics;
     loop {
+        // `biased`: the branch that is usually ready is polled first, so the
+        // cancellation token's waiter list is only touched when we do wait;
+        // this check keeps a client that never pauses from hiding the end.
+        if done.is_cancelled() {
+            return End::ServerClose;
+        }
         tokio::select! {
+            biased;
             _ = outbox.wait_control_room() => {}
             _ = done.cancelled() => return End::ServerClose,
         }
         let frame = tokio::select! {
+            biased;
             r = input.next(cfg.max_frame_bytes, outbox) => r,
             _ = done.cancelled() => return End::ServerClose,
         };
