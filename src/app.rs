@@ -115,15 +115,19 @@ impl App {
     /// Close (1001) every socket that sent nothing for `idle_ms`; returns how
     /// many were closed. Called by the server's idle sweep.
     pub fn close_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
+        // Pick them under the lock, close them after it (closing drops the
+        // socket's queued streams, which may unmap files).
         let idle: Vec<Arc<Outbox>> = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|o| o.close_if_idle(now_ms, idle_ms))
+            .filter(|o| o.is_idle(now_ms, idle_ms))
             .cloned()
             .collect();
-        idle.len()
+        idle.iter()
+            .filter(|o| o.close_if_idle(now_ms, idle_ms))
+            .count()
     }
 
     /// Number of live sockets.

@@ -231,11 +231,15 @@ impl Outbox {
         self.last_input_ms.store(now_ms, Ordering::Relaxed);
     }
 
+    /// Whether no input arrived for `idle_ms` before `now_ms`.
+    pub fn is_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_input_ms.load(Ordering::Relaxed)) >= idle_ms
+    }
+
     /// Close with 1001 if no input arrived for `idle_ms` before `now_ms`.
     /// Returns whether this call closed the socket.
     pub fn close_if_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
-        let last = self.last_input_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) < idle_ms || self.is_closing() {
+        if !self.is_idle(now_ms, idle_ms) || self.is_closing() {
             return false;
         }
         self.idle_closed.store(true, Ordering::Relaxed);
@@ -617,6 +621,32 @@ mod tests {
             },
             Metrics::new(),
         )
+    }
+
+    #[test]
+    fn idle_sweep_closes_once_after_the_timeout_with_1001() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        o.touch_input(10_000);
+        assert!(!o.close_if_idle(10_999, 1_000), "not idle yet");
+        assert!(!o.closed_for_idle() && !o.is_closing());
+        o.touch_input(10_500);
+        assert!(!o.close_if_idle(11_000, 1_000), "input moved the deadline");
+        assert!(o.close_if_idle(11_500, 1_000));
+        assert!(o.closed_for_idle() && o.is_closing());
+        assert!(!o.close_if_idle(99_999, 1_000), "closes once");
+        let batch = o.take();
+        let close = batch.close.expect("a close frame");
+        assert_eq!(close.code, close_code::GOING_AWAY);
+    }
+
+    #[test]
+    fn emptied_lanes_give_their_memory_back() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        assert_eq!(o.push_bulk(frame(10)), PushOutcome::Queued);
+        assert!(o.push_control(frame(1)));
+        assert_eq!(o.take().items.len(), 2);
+        let s = o.lock();
+        assert_eq!((s.control.capacity(), s.bulk.capacity()), (0, 0));
     }
 
     #[test]
