@@ -47,6 +47,10 @@ pub struct Delivery {
     pub unencodable: usize,
 }
 
+/// Broadcast payloads up to this size get their own allocation before
+/// they are queued ([`Payload::detached`]).
+pub const DETACH_BELOW: usize = 1024;
+
 /// The local pubsub. Cheap to clone.
 #[derive(Clone)]
 pub struct PubSub {
@@ -104,6 +108,9 @@ impl PubSub {
             Origin::Channel => self.metrics.broadcasts_channel.increment(1),
             Origin::Api => self.metrics.broadcasts_api.increment(1),
         }
+        // Once per broadcast, not per delivery: frames queued to slow
+        // subscribers must not pin the publisher's read buffer.
+        let payload = &payload.detached(DETACH_BELOW);
         let mut delivery = Delivery::default();
         // Encoded lazily, once per format: [V1, V2].
         let mut encoded: [Option<Option<Frame>>; 2] = [None, None];

@@ -90,6 +90,19 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// This payload with its bytes in an allocation of their own when it is
+    /// small (at most `small` bytes): a payload decoded from a client frame
+    /// is a view into the socket's read buffer, and one kept for long (queued
+    /// to many slow subscribers) should not pin that whole buffer. Larger
+    /// payloads stay views (no copy).
+    pub fn detached(&self, small: usize) -> Payload {
+        match self {
+            Payload::Json(b) if b.len() <= small => Payload::Json(Bytes::copy_from_slice(b)),
+            Payload::Binary(b) if b.len() <= small => Payload::Binary(Bytes::copy_from_slice(b)),
+            other => other.clone(),
+        }
+    }
+
     /// The empty JSON object `{}`.
     pub fn empty() -> Payload {
         Payload::Json(Bytes::from_static(b"{}"))
@@ -174,5 +187,26 @@ impl Frame {
         v.extend_from_slice(&self.head);
         v.extend_from_slice(&self.body);
         v
+    }
+}
+
+#[cfg(test)]
+mod detached_tests {
+    use super::*;
+
+    #[test]
+    fn small_payloads_get_their_own_bytes_large_ones_stay_views() {
+        let buffer = Bytes::from(vec![7u8; 8192]);
+        let small = Payload::Binary(buffer.slice(10..74));
+        let Payload::Binary(copied) = small.detached(1024) else {
+            panic!("binary stays binary")
+        };
+        assert_eq!(copied, buffer.slice(10..74));
+        assert_ne!(copied.as_ptr(), buffer.slice(10..74).as_ptr());
+        let large = Payload::Json(buffer.slice(0..4096));
+        let Payload::Json(view) = large.detached(1024) else {
+            panic!("json stays json")
+        };
+        assert_eq!(view.as_ptr(), buffer.as_ptr());
     }
 }

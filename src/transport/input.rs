@@ -3,12 +3,17 @@
 //!
 //! # Contract
 //! * An idle socket holds no read buffer: [`Input::next`] waits on
-//!   [`Source::ready`] holding none, and an emptied buffer goes back to a
-//!   one-per-thread spare that the next read on that thread writes into
-//!   (so a message costs no allocation either).
+//!   [`Source::ready`] holding none (and gives the buffer back if a read
+//!   finds nothing after all), and an emptied buffer goes back to a
+//!   one-per-thread spare (at most 64 KiB) that the next read on that
+//!   thread writes into.
+//! * Memory follows what arrived: a frame's buffer grows by at most what has
+//!   arrived (64 KiB at least), not to the size its header announces.
+//! * Payloads are split off the buffer (no copy) and keep their bytes alive;
+//!   code that keeps a small payload for long copies it first
+//!   ([`crate::protocol::Payload::detached`], done once per broadcast).
 //! * [`Input::next`] is cancel-safe: bytes read stay in the buffer.
-//! * Frames are decoded by [`super::frames`]; payloads are split off the
-//!   buffer (no copy) and keep their own bytes alive.
+//! * Frames are decoded by [`super::frames`].
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -27,12 +32,23 @@ pub trait Source: AsyncRead + Unpin + Send + 'static {
     /// Resolves once a read would make progress (data, EOF or an error).
     /// Cancel-safe; holds no buffer.
     fn ready(&mut self) -> impl std::future::Future<Output = ()> + Send + '_;
+
+    /// Read what is there without waiting, if this source can: `None` when
+    /// it cannot (the caller then awaits a read instead).
+    fn read_now(&mut self, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+        let _ = buf;
+        None
+    }
 }
 
 impl Source for OwnedReadHalf {
     async fn ready(&mut self) {
         // An error here shows up again on the read that follows.
         let _ = self.readable().await;
+    }
+
+    fn read_now(&mut self, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+        Some(self.try_read_buf(buf))
     }
 }
 
@@ -58,6 +74,11 @@ impl<R: AsyncRead + Unpin + Send + 'static> Source for Buffered<R> {
 
 /// Bytes asked for per read when no frame says how many it needs.
 pub const READ_CHUNK: usize = 8 * 1024;
+/// A frame's buffer grows by at most what has arrived, and at least this:
+/// announcing a large frame and trickling it does not reserve it up front.
+const GROW_STEP: usize = 64 * 1024;
+/// Largest buffer kept as a thread's spare.
+const MAX_SPARE: usize = 64 * 1024;
 
 /// Why reading the next frame failed.
 #[derive(Debug)]
@@ -111,9 +132,24 @@ impl<R: Source> Input<R> {
             if self.buf.capacity() == 0 {
                 self.buf = unpark();
             }
-            let want = need.max(READ_CHUNK);
-            self.buf.reserve(want.saturating_sub(self.buf.len()));
-            match self.src.read_buf(&mut self.buf).await {
+            // Room for the rest of the frame, but a large one grows at most
+            // by doubling what has arrived.
+            let len = self.buf.len();
+            let want = need.min(len.max(GROW_STEP) * 2).max(READ_CHUNK);
+            self.buf.reserve(want.saturating_sub(len));
+            let read = match self.src.read_now(&mut self.buf) {
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Readiness was stale; wait again, holding no buffer if empty.
+                    if self.buf.is_empty() {
+                        park(std::mem::take(&mut self.buf));
+                    }
+                    self.src.ready().await;
+                    continue;
+                }
+                Some(r) => r,
+                None => self.src.read_buf(&mut self.buf).await,
+            };
+            match read {
                 Ok(0) | Err(_) => return Err(ReadFail::Eof),
                 Ok(_) => outbox.touch_input(crate::clock::mono_ms()),
             }
@@ -131,7 +167,7 @@ thread_local! {
 
 /// Keep an emptied read buffer for the next reader on this thread.
 fn park(buf: BytesMut) {
-    if buf.is_empty() && buf.capacity() >= 1024 {
+    if buf.is_empty() && (1024..=MAX_SPARE).contains(&buf.capacity()) {
         SPARE.with(|s| s.set(Some(buf)));
     }
 }
@@ -186,6 +222,37 @@ mod tests {
             (&b"first"[..], &b"second"[..])
         );
         assert_eq!(left, 0, "an emptied buffer is given back");
+    }
+
+    #[tokio::test]
+    async fn a_large_announced_frame_does_not_reserve_its_size_up_front() {
+        let outbox = Outbox::new(
+            Limits {
+                bulk_bytes: 1 << 20,
+                control_bytes: 1 << 20,
+                policy: SlowConsumerPolicy::Drop,
+            },
+            Metrics::new(),
+        );
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut input = Input::new(Buffered(server), BytesMut::new());
+        // A masked binary frame header announcing 4 MiB, then 100 bytes of it.
+        let mut head = vec![0x82, 0x80 | 127];
+        head.extend_from_slice(&(4u64 << 20).to_be_bytes());
+        head.extend_from_slice(&[1, 2, 3, 4]);
+        client.write_all(&head).await.unwrap();
+        client.write_all(&[0u8; 100]).await.unwrap();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            input.next(8 << 20, &outbox),
+        )
+        .await;
+        assert!(read.is_err(), "the frame is not complete");
+        assert!(
+            input.buf.capacity() < 256 * 1024,
+            "{}",
+            input.buf.capacity()
+        );
     }
 
     #[tokio::test]

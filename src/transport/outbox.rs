@@ -239,12 +239,7 @@ impl Outbox {
     /// Close with 1001 if no input arrived for `idle_ms` before `now_ms`.
     /// Returns whether this call closed the socket.
     pub fn close_if_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
-        if !self.is_idle(now_ms, idle_ms) || self.is_closing() {
-            return false;
-        }
-        self.idle_closed.store(true, Ordering::Relaxed);
-        self.close(close_code::GOING_AWAY, "idle timeout");
-        true
+        self.is_idle(now_ms, idle_ms) && self.close_as(close_code::GOING_AWAY, "idle timeout", true)
     }
 
     /// Whether the idle sweep closed this socket.
@@ -278,7 +273,9 @@ impl Outbox {
                 if let Some(Item::Pong(queued)) =
                     s.control.iter_mut().find(|i| matches!(i, Item::Pong(_)))
                 {
+                    let old = queued.len();
                     *queued = payload.clone();
+                    s.control_bytes = s.control_bytes - old + payload.len();
                     return true;
                 }
             }
@@ -361,11 +358,21 @@ impl Outbox {
     /// Ask the writer to close the socket with `code` after the queued control
     /// frames. Queued bulk frames are discarded. The first close request wins.
     pub fn close(&self, code: u16, reason: &str) {
+        self.close_as(code, reason, false);
+    }
+
+    /// [`Outbox::close`]; `idle` marks it as the idle sweep's. Returns
+    /// whether this call closed the socket (false: it was closing already).
+    fn close_as(&self, code: u16, reason: &str, idle: bool) -> bool {
         let dropped;
         {
             let mut s = self.lock();
             if s.closing {
-                return;
+                return false;
+            }
+            if idle {
+                // Under the lock: only the close that wins is counted as idle.
+                self.idle_closed.store(true, Ordering::Relaxed);
             }
             s.closing = true;
             s.bulk.clear();
@@ -382,6 +389,7 @@ impl Outbox {
         drop(dropped);
         self.writer.notify_one();
         self.room.notify_waiters();
+        true
     }
 
     /// Add a stream the writer pulls from. Returns false (and drops it) if
@@ -448,6 +456,19 @@ impl Outbox {
         self.lock().bulk_bytes
     }
 
+    /// Give back the memory of emptied lanes; the writer calls this when it
+    /// finds nothing to write, before it waits, so an idle socket holds no
+    /// queue capacity while a busy one keeps reusing its lanes.
+    pub fn trim(&self) {
+        let mut s = self.lock();
+        if s.control.is_empty() && s.control.capacity() > 0 {
+            s.control = VecDeque::new();
+        }
+        if s.bulk.is_empty() && s.bulk.capacity() > 0 {
+            s.bulk = VecDeque::new();
+        }
+    }
+
     /// Take what the writer should write now (non-blocking).
     pub fn take(&self) -> Batch {
         let mut batch = Batch::default();
@@ -494,14 +515,7 @@ impl Outbox {
             batch.items.push(Item::Frame(frame));
             frames += 1;
         }
-        // An emptied lane gives its memory back: an idle socket holds no
-        // queue capacity (the next push allocates a small one again).
-        if s.control.is_empty() && s.control.capacity() > 0 {
-            s.control = VecDeque::new();
-        }
-        if s.bulk.is_empty() && s.bulk.capacity() > 0 {
-            s.bulk = VecDeque::new();
-        }
+
         // Streams: only once the bulk lane is empty, round-robin one frame at a
         // time, until the batch budget is spent or every stream is pending.
         if s.bulk.is_empty() && !s.closing {
@@ -640,11 +654,35 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_pong_keeps_the_byte_count_exact() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        assert!(o.push_control_item(Item::Pong(Bytes::new())));
+        assert!(o.push_control_item(Item::Pong(Bytes::from(vec![1u8; 125]))));
+        assert_eq!(o.lock().control_bytes, ITEM_OVERHEAD + 125);
+        assert!(o.push_control_item(Item::Pong(Bytes::from(vec![2u8; 3]))));
+        assert_eq!(o.lock().control_bytes, ITEM_OVERHEAD + 3);
+        let batch = o.take();
+        assert_eq!(batch.items.len(), 1);
+        assert_eq!(o.lock().control_bytes, 0);
+    }
+
+    #[test]
+    fn a_lost_race_is_not_counted_as_idle() {
+        let o = outbox(SlowConsumerPolicy::Drop);
+        o.touch_input(0);
+        o.close(close_code::POLICY, "slow consumer");
+        assert!(!o.close_if_idle(10_000, 1_000));
+        assert!(!o.closed_for_idle());
+    }
+
+    #[test]
     fn emptied_lanes_give_their_memory_back() {
         let o = outbox(SlowConsumerPolicy::Drop);
         assert_eq!(o.push_bulk(frame(10)), PushOutcome::Queued);
         assert!(o.push_control(frame(1)));
         assert_eq!(o.take().items.len(), 2);
+        assert!(o.lock().control.capacity() > 0, "kept while busy");
+        o.trim();
         let s = o.lock();
         assert_eq!((s.control.capacity(), s.bulk.capacity()), (0, 0));
     }

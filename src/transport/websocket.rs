@@ -241,10 +241,10 @@ async fn run_socket<R, W>(
         }
     }
     // However the reader saw it end, a socket the idle sweep closed counts as idle.
-    let end = if outbox.closed_for_idle() {
-        End::Idle
-    } else {
-        end
+    let end = match end {
+        End::Panic => End::Panic,
+        _ if outbox.closed_for_idle() => End::Idle,
+        other => other,
     };
     app.unregister(id);
     done.cancel();

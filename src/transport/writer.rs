@@ -65,6 +65,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             if reader_done.is_cancelled() {
                 break WriterExit::ReaderGone;
             }
+            outbox.trim();
             // Either wake-up loops back to `take`, so items queued just before
             // the reader ended (a close echo) are still written.
             tokio::select! {

@@ -3,9 +3,9 @@
 //! writes the raw results as JSON and, with `--write-docs`, splices the
 //! report into that file.
 //!
-//! Exit codes: 0 done; 1 `--require-all` and something was missing, failed
-//! or counted errors; 2 the run could not be made (options, missing
-//! programs, I/O); 130 interrupted.
+//! Exit codes: 0 done; 1 `--require-all` and a run failed or counted
+//! errors; 2 the run could not be made (options, missing programs or peers
+//! (also under `--require-all`), I/O); 130 interrupted.
 
 use std::process::ExitCode;
 
