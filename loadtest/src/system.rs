@@ -67,10 +67,8 @@ pub fn memory(pid: u32) -> Result<Memory, SystemError> {
 /// Parse the text of a `/proc/PID/status` file.
 pub fn parse_status(text: &str) -> Result<Memory, SystemError> {
     let field = |name: &'static str| -> Result<u64, SystemError> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|rest| rest.trim().strip_suffix("kB"))
-            .and_then(|kb| kb.trim().parse::<u64>().ok())
+        status_kib(text, name)
+            .and_then(Result::ok)
             .and_then(|kb| kb.checked_mul(1024))
             .ok_or(SystemError::Field(name))
     };
@@ -79,6 +77,21 @@ pub fn parse_status(text: &str) -> Result<Memory, SystemError> {
         rss_anon_bytes: field("RssAnon")?,
         vm_hwm_bytes: field("VmHWM")?,
     })
+}
+
+/// The `name:` field of a `/proc/PID/status` text in KiB: `None` if the
+/// line is absent, `Some(Err(value))` if it is there but not `N kB`.
+pub fn status_kib<'a>(text: &'a str, name: &str) -> Option<Result<u64, &'a str>> {
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
+        .trim();
+    Some(
+        value
+            .strip_suffix("kB")
+            .and_then(|kb| kb.trim().parse().ok())
+            .ok_or(value),
+    )
 }
 
 /// Raise this process's soft open-files limit to the hard limit, and check

@@ -568,23 +568,21 @@ impl Outbox {
     /// Wait until the control lane is under its bound (or the socket closes).
     /// Cancel-safe.
     pub async fn wait_control_room(&self) {
+        let room = || {
+            let s = self.lock();
+            s.closing || s.control_bytes < self.limits.control_bytes
+        };
         // Fast path, taken for nearly every message: room already, so no
         // waiter is registered with the notifier (a lock of its own).
-        {
-            let s = self.lock();
-            if s.closing || s.control_bytes < self.limits.control_bytes {
-                return;
-            }
+        if room() {
+            return;
         }
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let s = self.lock();
-                if s.closing || s.control_bytes < self.limits.control_bytes {
-                    return;
-                }
+            if room() {
+                return;
             }
             notified.await;
         }

@@ -22,12 +22,18 @@ pub const MAX_HEADER: usize = 10;
 
 /// Append the header of a final, unmasked frame of `len` payload bytes.
 pub fn put_header(out: &mut Vec<u8>, opcode: WsOpcode, len: usize) {
-    debug_assert_eq!(header_len(len), {
-        let mut v = Vec::new();
-        put_header_inner(&mut v, opcode, len);
-        v.len()
-    });
-    put_header_inner(out, opcode, len);
+    let start = out.len();
+    out.push(0x80 | opcode as u8);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    debug_assert_eq!(out.len() - start, header_len(len));
 }
 
 /// Bytes [`put_header`] writes for a payload of `len` bytes.
@@ -38,19 +44,6 @@ pub fn header_len(len: usize) -> usize {
         4
     } else {
         10
-    }
-}
-
-fn put_header_inner(out: &mut Vec<u8>, opcode: WsOpcode, len: usize) {
-    out.push(0x80 | opcode as u8);
-    if len < 126 {
-        out.push(len as u8);
-    } else if len <= u16::MAX as usize {
-        out.push(126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
     }
 }
 

@@ -200,14 +200,18 @@ pub fn command_line(root: &Path) -> String {
     }
     let mut cmd = super::measure::shell_words(&args);
     if let (Some(allowed), Ok(n)) = (cpus_allowed(), std::thread::available_parallelism()) {
-        let total = std::fs::read_to_string("/proc/cpuinfo")
-            .map(|s| parse_cpuinfo(&s).0)
-            .unwrap_or(0);
-        if n.get() < total {
+        if n.get() < cpu_count() {
             cmd = format!("taskset -c {allowed} {cmd}");
         }
     }
     cmd
+}
+
+/// CPUs listed in /proc/cpuinfo (0 if it cannot be read).
+pub fn cpu_count() -> usize {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| parse_cpuinfo(&s).0)
+        .unwrap_or(0)
 }
 
 /// Gather the machine and versions (the per-run fields are filled by the caller).

@@ -181,16 +181,14 @@ pub fn cpu_ticks_tree(root: u32) -> Result<u64, ProcError> {
 
 /// `VmRSS` in KiB from a `/proc/<pid>/status` text (0 for a kernel thread or zombie).
 pub fn parse_vm_rss_kib(status: &str) -> Result<u64, ProcError> {
-    for line in status.lines() {
-        if let Some(v) = line.strip_prefix("VmRSS:") {
-            let num = v.trim().trim_end_matches("kB").trim();
-            return num.parse().map_err(|_| ProcError::Parse {
-                what: "status",
-                detail: format!("VmRSS `{}`", v.trim()),
-            });
-        }
+    match crate::system::status_kib(status, "VmRSS") {
+        None => Ok(0),
+        Some(Ok(kib)) => Ok(kib),
+        Some(Err(v)) => Err(ProcError::Parse {
+            what: "status",
+            detail: format!("VmRSS `{v}`"),
+        }),
     }
-    Ok(0)
 }
 
 /// Resident memory of `root`'s tree, KiB (shared pages counted once per process).
@@ -243,24 +241,9 @@ pub fn clock_ticks_per_second() -> (u64, Option<String>) {
     }
 }
 
-/// The soft and hard open-file limits of this process, from `/proc/self/limits`.
+/// The soft and hard open-file limits of this process.
 pub fn open_files_limit() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_files_limit(&text)
-}
-
-/// The `Max open files` line of a `/proc/<pid>/limits` text.
-pub fn parse_open_files_limit(text: &str) -> Option<(u64, u64)> {
-    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    let nums: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
-    let parse = |s: &str| {
-        if s == "unlimited" {
-            Some(u64::MAX)
-        } else {
-            s.parse().ok()
-        }
-    };
-    Some((parse(nums.first()?)?, parse(nums.get(1)?)?))
+    rlimit::getrlimit(rlimit::Resource::NOFILE).ok()
 }
 
 #[cfg(test)]
@@ -321,9 +304,8 @@ mod tests {
         let status = "Name:\tnginx\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t1\n";
         assert_eq!(parse_vm_rss_kib(status).expect("parses"), 5120);
         assert_eq!(parse_vm_rss_kib("Name:\tkthreadd\n").expect("none"), 0);
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                      Max open files            1024                 20000                files     \n";
-        assert_eq!(parse_open_files_limit(limits), Some((1024, 20000)));
+        let (soft, hard) = open_files_limit().expect("getrlimit works on Linux");
+        assert!(soft > 0 && soft <= hard);
         let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
                    0: 0100007F:125F 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 815595 1\n   \
                    1: 0100007F:1260 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 815596 1\n";

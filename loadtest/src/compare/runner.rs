@@ -166,10 +166,7 @@ pub fn run(opts: &Options) -> Result<Outcome, CompareError> {
     if bins.taskset.is_none() {
         return Err(CompareError::Missing("taskset (util-linux)".into()));
     }
-    let cpus = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|s| machine::parse_cpuinfo(&s).0)
-        .unwrap_or(0);
-    if cpus < 2 {
+    if machine::cpu_count() < 2 {
         return Err(CompareError::Missing(
             "a second CPU (servers on one core, generators on another)".into(),
         ));

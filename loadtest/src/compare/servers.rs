@@ -404,42 +404,14 @@ impl Env {
         cmd
     }
 
-    /// The nginx configuration: `loadtest/peers/nginx.conf.template` with
-    /// its placeholders filled, else the same settings written here (those
-    /// of `loadtest/files-bench.sh`).
+    /// The nginx configuration: `loadtest/peers/nginx.conf.template`
+    /// (built in) with its placeholders filled.
     pub fn nginx_conf(&self) -> String {
-        let template = self.bins.peers_dir().join("nginx.conf.template");
-        if let Ok(t) = std::fs::read_to_string(template) {
-            return fill_nginx_template(
-                &t,
-                &self.work.files().display().to_string(),
-                self.port(ServerKind::Nginx),
-                &self.work.dir.join("nginx").display().to_string(),
-            );
-        }
-        let w = self.work.dir.display();
-        format!(
-            "daemon off;\n\
-             worker_processes 1;\n\
-             pid {w}/nginx/nginx.pid;\n\
-             error_log {w}/nginx/error.log warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n    \
-                 access_log off;\n    \
-                 sendfile on;\n    \
-                 tcp_nopush on;\n    \
-                 default_type application/octet-stream;\n    \
-                 client_body_temp_path {w}/nginx/tmp/body;\n    \
-                 proxy_temp_path {w}/nginx/tmp/proxy;\n    \
-                 fastcgi_temp_path {w}/nginx/tmp/fastcgi;\n    \
-                 uwsgi_temp_path {w}/nginx/tmp/uwsgi;\n    \
-                 scgi_temp_path {w}/nginx/tmp/scgi;\n    \
-                 server {{\n        \
-                     listen 127.0.0.1:{port};\n        \
-                     root {w}/files;\n    \
-                 }}\n\
-             }}\n",
-            port = self.port(ServerKind::Nginx)
+        fill_nginx_template(
+            NGINX_TEMPLATE,
+            &self.work.files().display().to_string(),
+            self.port(ServerKind::Nginx),
+            &self.work.dir.join("nginx").display().to_string(),
         )
     }
 
@@ -521,6 +493,10 @@ impl Env {
         }
     }
 }
+
+/// `loadtest/peers/nginx.conf.template`, one copy for the compare tool and
+/// for people running the peer by hand.
+const NGINX_TEMPLATE: &str = include_str!("../../peers/nginx.conf.template");
 
 /// `nginx.conf.template` with `@ROOT@` (served directory), `@PORT@` and
 /// `@TMP@` (nginx's own directory) replaced.
